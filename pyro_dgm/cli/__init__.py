@@ -1,0 +1,52 @@
+"""The ``pyro-dgm`` command line.
+
+Each subcommand lives in its own module listed in :data:`SUBCOMMANDS`; a module defines
+``add_parser(subparsers)`` that registers its parser and sets ``func=run(args) -> int``.
+Bad input is reported as one line on stderr with a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["SUBCOMMANDS", "CLIError", "main"]
+
+#: Modules that add a subcommand. Add yours here.
+SUBCOMMANDS = ["pyro_dgm.cli.compare"]
+
+
+class CLIError(Exception):
+    """A usage error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise CLIError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyro-dgm", description="Deep generative models and inference "
+                     "backends for Pyro.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in SUBCOMMANDS:
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``pyro-dgm``; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"pyro-dgm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-dgm: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,122 @@
+"""Trace utilities behind the ArviZ export: site shapes, vectorized draws, log-likelihoods.
+
+A *prototype* trace (one run of the model, draws from the prior) tells every site's shape,
+its plates and whether it is observed. Posterior draws are then scored for all draws at once
+by running the model under an outer plate over draws (the same device Pyro's
+``Predictive(parallel=True)`` uses), padding each draw to the model's plate nesting so that
+global and local sites broadcast correctly. Models that do not vectorize fall back to one
+trace per draw.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+__all__ = ["ModelInfo", "model_info", "score_draws"]
+
+
+@dataclass
+class ModelInfo:
+    """What the export needs to know about a model, from one prototype trace."""
+
+    latent: dict[str, torch.Size]  # latent site -> value shape (batch + event)
+    observed: dict[str, torch.Tensor]  # observed site -> observed value
+    batch_ndim: dict[str, int]  # site -> number of batch dims
+    dims: dict[str, list[str]]  # site -> ArviZ dim names of the value
+    max_plate_nesting: int
+
+
+def _site_dims(name: str, site: dict) -> list[str]:
+    value_ndim = site["value"].dim()
+    names = [f"{name}_dim_{i}" for i in range(value_ndim)]
+    batch_ndim = len(site["fn"].batch_shape)
+    for frame in site["cond_indep_stack"]:
+        if frame.vectorized and frame.dim is not None and -frame.dim <= batch_ndim:
+            names[batch_ndim + frame.dim] = frame.name
+    return names
+
+
+def model_info(model, args: tuple = (), kwargs: dict | None = None) -> ModelInfo:
+    """Trace ``model(*args, **kwargs)`` once and describe its sample sites."""
+    kwargs = kwargs or {}
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    latent, observed, batch_ndim, dims = {}, {}, {}, {}
+    nesting = 0
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if site["infer"].get("is_auxiliary"):
+            continue
+        for frame in site["cond_indep_stack"]:
+            if frame.vectorized and frame.dim is not None:
+                nesting = max(nesting, -frame.dim)
+        batch_ndim[name] = len(site["fn"].batch_shape)
+        dims[name] = _site_dims(name, site)
+        if site["is_observed"]:
+            observed[name] = site["value"].detach()
+        else:
+            latent[name] = site["value"].shape
+    return ModelInfo(latent, observed, batch_ndim, dims, nesting)
+
+
+def _pad(value: torch.Tensor, info: ModelInfo, name: str) -> torch.Tensor:
+    """Reshape ``(S, *site_shape)`` so the draw dim sits left of every plate dim."""
+    pad = info.max_plate_nesting - info.batch_ndim[name]
+    return value.reshape(value.shape[:1] + (1,) * pad + value.shape[1:])
+
+
+def _score_vectorized(model, draws, info, args, kwargs):
+    num = next(iter(draws.values())).shape[0]
+    data = {name: _pad(v, info, name) for name, v in draws.items()}
+    with torch.no_grad(), poutine.block():
+        with pyro.plate("_draws", num, dim=-(info.max_plate_nesting + 1)):
+            trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        trace.compute_log_prob()
+    pointwise, lp = {}, 0.0
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or name not in info.batch_ndim:
+            continue
+        lp = lp + site["log_prob"].reshape(num, -1).sum(-1)
+        if name in info.observed:
+            raw = site["fn"].log_prob(site["value"])
+            shape = info.observed[name].shape[: info.batch_ndim[name]]
+            pointwise[name] = raw.reshape((num,) + shape)
+    return pointwise, lp
+
+
+def _score_loop(model, draws, info, args, kwargs):
+    num = next(iter(draws.values())).shape[0]
+    pointwise = {name: [] for name in info.observed}
+    lps = []
+    for s in range(num):
+        data = {name: v[s] for name, v in draws.items()}
+        with torch.no_grad(), poutine.block():
+            trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        lps.append(trace.log_prob_sum())
+        for name in info.observed:
+            site = trace.nodes[name]
+            pointwise[name].append(site["fn"].log_prob(site["value"]))
+    return {k: torch.stack(v) for k, v in pointwise.items()}, torch.stack(lps)
+
+
+def score_draws(model, draws: dict[str, torch.Tensor], info: ModelInfo, args=(), kwargs=None):
+    """Pointwise log-likelihood of every observed site and log joint density per draw.
+
+    :param draws: latent site -> ``(S, *site_shape)`` tensor.
+    :return: ``({obs_site: (S, *batch_shape)}, lp (S,))``.
+    """
+    kwargs = kwargs or {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return _score_vectorized(model, draws, info, args, kwargs)
+    except (RuntimeError, ValueError, IndexError):
+        # the model does not broadcast over a leading draw dimension: one trace per draw
+        return _score_loop(model, draws, info, args, kwargs)

@@ -1,0 +1,219 @@
+"""ArviZ export of MCMC runs and trained guides.
+
+Both functions build on :func:`arviz.from_dict` (present in ArviZ 0.x and 1.x) and give the
+same groups and variable shapes, so MCMC and VI posteriors of one model line up in ArviZ:
+
+- ``posterior``: every latent sample site, shape ``(chain, draw, *site_shape)`` with Pyro's
+  plate-padding singleton dimensions removed;
+- ``sample_stats``: ``lp`` (log joint density) per draw, and for MCMC what the kernel reports
+  (``diverging``, ``acceptance_rate``, ``step_size``, ...);
+- ``log_likelihood``: pointwise log-likelihood of every observed site per draw;
+- ``observed_data``: the observed values.
+
+Example::
+
+    >>> mcmc = MCMC(NUTS(model), num_samples=500, num_chains=2); mcmc.run(x)
+    >>> idata_nuts = from_mcmc(mcmc)
+    >>> svi = SVI(model, guide, Adam({"lr": 0.01}), Trace_ELBO()); ...
+    >>> idata_vi = from_guide(model, guide, x, num_samples=1000)
+    >>> arviz.summary(idata_nuts), arviz.summary(idata_vi)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+
+from pyro_dgm._validation import check_int
+from pyro_dgm.compare._arviz import arviz, is_arviz_1, set_attrs
+from pyro_dgm.compare._traces import ModelInfo, model_info, score_draws
+
+__all__ = ["from_guide", "from_mcmc", "to_inference_data"]
+
+
+def _numpy(value) -> np.ndarray:
+    if torch.is_tensor(value):
+        value = value.detach().cpu()
+        if value.dtype == torch.bool:
+            return value.numpy()
+        return value.numpy() if value.is_floating_point() else value.double().numpy()
+    return np.asarray(value)
+
+
+def to_inference_data(
+    posterior: dict[str, torch.Tensor],
+    info: ModelInfo,
+    *,
+    model=None,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    sample_stats: dict[str, torch.Tensor] | None = None,
+    log_likelihood: bool = True,
+    attrs: dict | None = None,
+):
+    """Assemble ``InferenceData`` from ``(chain, draw, ...)`` posterior tensors.
+
+    ``sample_stats`` entries are ``(chain, draw)`` tensors. When ``model`` is given, the
+    log joint ``lp`` and (if ``log_likelihood``) the pointwise log-likelihoods are added.
+    """
+    chains, draws = next(iter(posterior.values())).shape[:2]
+    stats = dict(sample_stats or {})
+    loglik = {}
+    if model is not None:
+        flat = {k: v.reshape((chains * draws,) + v.shape[2:]) for k, v in posterior.items()}
+        pointwise, lp = score_draws(model, flat, info, args, kwargs)
+        stats["lp"] = lp.reshape(chains, draws)
+        if log_likelihood:
+            loglik = {k: v.reshape((chains, draws) + v.shape[1:]) for k, v in pointwise.items()}
+    # observed sites: name the plate (batch) dims only, so the same names fit both the
+    # observed values and their pointwise log-likelihoods (ArviZ names the event dims)
+    dims = {name: names[: info.batch_ndim[name]] if name in info.observed else names
+            for name, names in info.dims.items()}
+    groups = {
+        "posterior": {k: _numpy(v) for k, v in posterior.items()},
+        "sample_stats": {k: _numpy(v) for k, v in stats.items()},
+        "log_likelihood": {k: _numpy(v) for k, v in loglik.items()},
+        "observed_data": {k: _numpy(v) for k, v in info.observed.items()},
+    }
+    groups = {k: v for k, v in groups.items() if v}
+    attrs = {"inference_library": "pyro", "created_by": "pyro_dgm", **(attrs or {})}
+    if is_arviz_1():  # ArviZ 1.x: DataTree, one dict of groups
+        idata = arviz.from_dict(groups, dims=dims)
+    else:
+        idata = arviz.from_dict(
+            posterior=groups.get("posterior"),
+            sample_stats=groups.get("sample_stats"),
+            log_likelihood=groups.get("log_likelihood"),
+            observed_data=groups.get("observed_data"),
+            dims=dims,
+        )
+    set_attrs(idata, attrs)
+    return idata
+
+
+def _kernel_stats(mcmc, chains: int, draws: int) -> tuple[dict, dict]:
+    """Per-draw ``sample_stats`` and per-chain attrs from ``MCMC`` diagnostics."""
+    diagnostics = getattr(mcmc, "_diagnostics", None) or []
+    stats: dict[str, torch.Tensor] = {}
+    attrs: dict = {}
+    diverging = torch.zeros(chains, draws, dtype=torch.bool)
+    for c, diag in enumerate(diagnostics):
+        for key, value in (diag or {}).items():
+            name = key.replace(" ", "_")
+            if key == "divergences":
+                idx = torch.as_tensor(list(value), dtype=torch.long).reshape(-1)
+                diverging[c, idx[(idx >= 0) & (idx < draws)]] = True
+                continue
+            value = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+            if value.numel() == draws:  # a per-draw record from the kernel
+                stats.setdefault(name, torch.full((chains, draws), float("nan"), dtype=torch.float64))
+                stats[name][c] = value.reshape(draws)
+            elif value.numel() == 1:  # a per-chain summary: broadcast over the draws
+                stats.setdefault(name, torch.full((chains, draws), float("nan"), dtype=torch.float64))
+                stats[name][c] = float(value)
+                attrs[f"{name}_chain_{c}"] = float(value)
+    stats["diverging"] = diverging
+    step = getattr(getattr(mcmc, "kernel", None), "step_size", None)
+    if "step_size" not in stats and chains == 1 and isinstance(step, (int, float)):
+        stats["step_size"] = torch.full((chains, draws), float(step), dtype=torch.float64)
+    return stats, attrs
+
+
+def from_mcmc(
+    mcmc: pyro.infer.MCMC,
+    *,
+    model: Callable | None = None,
+    model_args: tuple | None = None,
+    model_kwargs: dict | None = None,
+    log_likelihood: bool = True,
+    attrs: dict | None = None,
+):
+    """Convert a finished :class:`pyro.infer.MCMC` run to ``arviz.InferenceData``.
+
+    Works for any kernel, including those that report no ``"divergences"`` (Pyro's
+    ``RandomWalkKernel``); per-chain diagnostics (acceptance rate) are broadcast over
+    draws, per-draw records returned by a kernel's ``diagnostics()`` are kept as they are.
+
+    :param mcmc: a run whose ``run(*args, **kwargs)`` has finished.
+    :param model: the model; defaults to ``mcmc.kernel.model``.
+    :param model_args: defaults to the arguments ``mcmc.run`` was called with.
+    :param log_likelihood: compute the ``log_likelihood`` group.
+    """
+    samples = mcmc.get_samples(group_by_chain=True)
+    if not samples:
+        raise ValueError("mcmc has no samples: call mcmc.run(...) first")
+    model = model if model is not None else getattr(mcmc.kernel, "model", None)
+    args = tuple(model_args if model_args is not None else (mcmc._args or ()))
+    kwargs = dict(model_kwargs if model_kwargs is not None else (mcmc._kwargs or {}))
+    chains, draws = next(iter(samples.values())).shape[:2]
+    if model is not None:
+        info = model_info(model, args, kwargs)
+        samples = {k: v.reshape((chains, draws) + info.latent.get(k, v.shape[2:]))
+                   for k, v in samples.items()}
+    else:
+        info = ModelInfo({k: v.shape[2:] for k, v in samples.items()}, {},
+                         {k: 0 for k in samples}, {}, 0)
+    stats, stat_attrs = _kernel_stats(mcmc, chains, draws)
+    attrs = {"inference_kind": "mcmc", "kernel": type(mcmc.kernel).__name__,
+             **stat_attrs, **(attrs or {})}
+    return to_inference_data(samples, info, model=model, args=args, kwargs=kwargs,
+                             sample_stats=stats, log_likelihood=log_likelihood, attrs=attrs)
+
+
+def _guide_draws(guide, info: ModelInfo, num: int, args, kwargs) -> dict[str, torch.Tensor]:
+    """``num`` joint draws of the model's latent sites from ``guide``, ``(num, *shape)``."""
+    try:
+        with torch.no_grad(), poutine.block():
+            with pyro.plate("_draws", num, dim=-(info.max_plate_nesting + 1)):
+                trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        return {k: trace.nodes[k]["value"].reshape((num,) + shape)
+                for k, shape in info.latent.items()}
+    except (RuntimeError, ValueError, IndexError):
+        draws = {k: [] for k in info.latent}
+        for _ in range(num):
+            with torch.no_grad(), poutine.block():
+                trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            for k, shape in info.latent.items():
+                draws[k].append(trace.nodes[k]["value"].reshape(shape))
+        return {k: torch.stack(v) for k, v in draws.items()}
+
+
+def from_guide(
+    model: Callable,
+    guide: Callable | Sequence[Callable],
+    *args,
+    num_samples: int = 1000,
+    log_likelihood: bool = True,
+    attrs: dict | None = None,
+    **kwargs,
+):
+    """Draw ``num_samples`` from a trained guide and export them like :func:`from_mcmc`.
+
+    :param model: the model the guide was trained for.
+    :param guide: a trained guide, or a list of independently trained guides, which become
+        the chains of the result.
+    :param args: model/guide arguments (the data); ``kwargs`` likewise.
+    :param num_samples: draws per guide.
+    """
+    num_samples = check_int("num_samples", num_samples, minimum=1)
+    guides = list(guide) if isinstance(guide, (list, tuple)) else [guide]
+    if not guides:
+        raise ValueError("guide: need at least one guide")
+    info = model_info(model, args, kwargs)
+    if not info.latent:
+        raise ValueError("model has no latent sample sites to export")
+    for g in guides:  # a guide must cover every latent site of the model
+        with torch.no_grad(), poutine.block():
+            names = set(poutine.trace(g).get_trace(*args, **kwargs).nodes)
+        missing = sorted(set(info.latent) - names)
+        if missing:
+            raise ValueError(f"guide has no sample site for model latent(s) {missing}")
+    per_chain = [_guide_draws(g, info, num_samples, args, kwargs) for g in guides]
+    posterior = {k: torch.stack([d[k] for d in per_chain]) for k in info.latent}
+    attrs = {"inference_kind": "vi", "guide": type(guides[0]).__name__, **(attrs or {})}
+    return to_inference_data(posterior, info, model=model, args=args, kwargs=kwargs,
+                             log_likelihood=log_likelihood, attrs=attrs)
