@@ -44,8 +44,6 @@ __all__ = [
 BUILTIN_MODULES = [
     "pyro_dgm.compare.methods",
     "pyro_dgm.compare.problems",
-    "pyro_dgm.inference.methods_vi",
-    "pyro_dgm.inference.methods_mcmc",
     "pyro_dgm.models.bnn_problems",
 ]
 
