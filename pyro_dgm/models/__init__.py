@@ -1,10 +1,12 @@
 """Generative models written as Pyro programs."""
 
+from pyro_dgm.models.bayesian_mlp import BayesianMLP
 from pyro_dgm.models.fa_exact import ExactPosteriorGuide, fa_log_marginal, fa_posterior
 from pyro_dgm.models.factor_analysis import FactorAnalysis, FAData
 from pyro_dgm.models.plates import data_plate
 
 __all__ = [
+    "BayesianMLP",
     "ExactPosteriorGuide",
     "FAData",
     "FactorAnalysis",
