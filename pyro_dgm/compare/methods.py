@@ -84,6 +84,8 @@ def run_nuts(problem: Problem, settings: Settings):
     with warnings.catch_warnings():
         # chains run one after another when there are fewer free cores than chains
         warnings.filterwarnings("ignore", message="num_chains=")
+        # Pyro's jit_compile uses torch.jit.trace, deprecated in torch >= 2.10 but working
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace", category=DeprecationWarning)
         mcmc = MCMC(kernel, num_samples=settings.num_samples, warmup_steps=warmup,
                     num_chains=settings.num_chains, disable_progbar=not settings.progress)
         mcmc.run(*problem.args, **problem.kwargs)

@@ -1,7 +1,8 @@
 """Generative models written as Pyro programs."""
 
 from pyro_dgm.models.bayesian_mlp import BayesianMLP
-from pyro_dgm.models.fa_exact import ExactPosteriorGuide, fa_log_marginal, fa_posterior
+from pyro_dgm.models.fa_exact import ExactPosteriorGuide, fa_posterior
+from pyro_dgm.models.fa_marginal import FAMarginal, fa_log_marginal
 from pyro_dgm.models.factor_analysis import FactorAnalysis, FAData
 from pyro_dgm.models.plates import data_plate
 
@@ -9,6 +10,7 @@ __all__ = [
     "BayesianMLP",
     "ExactPosteriorGuide",
     "FAData",
+    "FAMarginal",
     "FactorAnalysis",
     "data_plate",
     "fa_log_marginal",

@@ -8,9 +8,9 @@ For fixed :math:`(\mu, W, \Psi)` the marginal is :math:`x \sim \mathcal N(\mu, C
     p(z \mid x) = \mathcal N\big(M^{-1} W^\top \Psi^{-1} (x - \mu),\ M^{-1}\big),
     \qquad M = I_q + W^\top \Psi^{-1} W .
 
-Both are computed through :math:`M` (Woodbury identity and the matrix determinant lemma),
-:math:`\log\det C = \log\det M + \sum_i \log \psi_i`, in :math:`O(Npq + q^3)`, so they are
-an independent check on ``MultivariateNormal(μ, C).log_prob``.
+Both are computed through :math:`M` (Woodbury identity and the matrix determinant lemma,
+:math:`\log\det C = \log\det M + \sum_i \log \psi_i`) in :math:`O(Npq + q^3)`;
+:func:`fa_log_marginal` lives in :mod:`pyro_dgm.models.fa_marginal` and is re-exported here.
 
 Because :math:`\log p(x, z) - \log p(z \mid x) = \log p(x)` for every :math:`z`, a guide that
 *is* the exact posterior makes every variational bound equal :math:`\log p(x)` with zero
@@ -26,45 +26,17 @@ Example::
 
 from __future__ import annotations
 
-import math
-
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
+from pyro_dgm.models.fa_marginal import fa_log_marginal, precision_cholesky
 from pyro_dgm.models.factor_analysis import FactorAnalysis
 from pyro_dgm.models.plates import data_plate
 
 __all__ = ["ExactPosteriorGuide", "fa_log_marginal", "fa_posterior"]
-
-
-def _precision_cholesky(W: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
-    """Cholesky factor of :math:`M = I + W^\\top \\Psi^{-1} W`."""
-    q = W.shape[-1]
-    M = W.transpose(-1, -2) @ (W / psi.unsqueeze(-1))
-    M = M + torch.eye(q, dtype=W.dtype, device=W.device)
-    return torch.linalg.cholesky(M)
-
-
-def fa_log_marginal(
-    x: torch.Tensor, loc: torch.Tensor, W: torch.Tensor, psi: torch.Tensor
-) -> torch.Tensor:
-    r"""Exact :math:`\log p(x_n)` for every row of ``x`` under FA with fixed parameters.
-
-    :param x: ``(N, p)`` data.
-    :param loc: ``(p,)`` mean; :param W: ``(p, q)`` loadings; :param psi: ``(p,)`` variances.
-    :return: ``(N,)`` log densities.
-    """
-    p = x.shape[-1]
-    L = _precision_cholesky(W, psi)
-    r = x - loc
-    b = (r / psi) @ W  # (N, q) = W^T Psi^-1 r
-    v = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False).squeeze(-1)
-    quad = (r * r / psi).sum(-1) - (v * v).sum(-1)
-    logdet = 2 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1) + psi.log().sum(-1)
-    return -0.5 * (p * math.log(2 * math.pi) + logdet + quad)
 
 
 def fa_posterior(
@@ -72,7 +44,7 @@ def fa_posterior(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Exact posterior :math:`p(z_n \mid x_n)`: means ``(N, q)`` and the shared ``(q, q)``
     covariance :math:`M^{-1}`."""
-    L = _precision_cholesky(W, psi)
+    L = precision_cholesky(W, psi)
     b = ((x - loc) / psi) @ W
     mean = torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
     return mean, torch.cholesky_inverse(L)
@@ -99,7 +71,7 @@ class ExactPosteriorGuide(PyroModule):
         if model.marginalize_latents:
             raise ValueError("model has no latent z to guide (marginalize_latents=True)")
         loc, W, psi = model.fixed_loc, model.fixed_W, model.fixed_psi
-        L = _precision_cholesky(W, psi)
+        L = precision_cholesky(W, psi)
         weight = torch.cholesky_solve((W / psi.unsqueeze(-1)).T, L)  # M^-1 W^T Psi^-1
         self.weight = torch.nn.Parameter(weight)
         self.bias = torch.nn.Parameter(-(weight @ loc))

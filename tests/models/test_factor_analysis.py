@@ -150,3 +150,22 @@ def test_bad_arguments_raise_value_error(kwargs, name):
 def test_exact_guide_needs_fixed_parameters():
     with pytest.raises(ValueError, match="fixed"):
         ExactPosteriorGuide(FactorAnalysis(3, 1))
+
+
+def test_fa_marginal_distribution_matches_multivariate_normal_batched(dtype):
+    from pyro_dgm.models import FAMarginal
+
+    torch.manual_seed(0)
+    loc = torch.randn(3, 1, 5, dtype=dtype)
+    W = torch.randn(3, 1, 5, 2, dtype=dtype)
+    psi = torch.rand(3, 1, 5, dtype=dtype) + 0.1
+    x = torch.randn(3, 7, 5, dtype=dtype)
+    d = FAMarginal(loc, W, psi)
+    assert d.batch_shape == (3, 1) and d.event_shape == (5,)
+    ref = torch.distributions.MultivariateNormal(loc, d.covariance_matrix)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert torch.allclose(d.log_prob(x), ref.log_prob(x), atol=tol, rtol=tol)
+    assert d.expand((3, 7)).log_prob(x).shape == (3, 7)
+    draws = FAMarginal(loc[0, 0], W[0, 0], psi[0, 0]).rsample((20000,))
+    cov = W[0, 0] @ W[0, 0].T + torch.diag(psi[0, 0])
+    assert torch.allclose(torch.cov(draws.T), cov, atol=0.1 * float(cov.abs().max()))
