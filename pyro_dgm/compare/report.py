@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -51,7 +52,10 @@ def _diagnostics(idata, var_names) -> tuple[dict, dict]:
     post = idata.posterior[list(var_names)]
     if post.sizes["chain"] < 2 or post.sizes["draw"] < 4:
         return {}, {}
-    rhat, ess = arviz.rhat(post), arviz.ess(post, method="bulk")
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        # a stuck chain has zero within-chain variance: R-hat is inf/NaN, which is the answer
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat, ess = arviz.rhat(post), arviz.ess(post, method="bulk")
     as_arrays = [{n: np.asarray(ds[n].values)[None, None] for n in var_names}
                  for ds in (rhat, ess)]
     return _flatten(as_arrays[0]), _flatten(as_arrays[1])

@@ -69,3 +69,10 @@ def test_plots_return_figures(idatas, kind):
 def test_plot_bad_kind(idatas):
     with pytest.raises(ValueError, match="kind"):
         plot_posteriors(idatas, kind="violin")
+
+
+def test_stuck_chain_gives_infinite_r_hat_without_warnings():
+    stuck = {"a": np.concatenate([np.zeros((1, 50)), np.ones((1, 50))])}
+    idatas = {"ref": _idata(stuck, "mcmc")}
+    table = compare_posteriors(idatas, reference="ref")
+    assert not np.isfinite(table["r_hat"]).all()
