@@ -101,6 +101,10 @@ def _kernel_stats(mcmc, chains: int, draws: int) -> tuple[dict, dict]:
     stats: dict[str, torch.Tensor] = {}
     attrs: dict = {}
     diverging = torch.zeros(chains, draws, dtype=torch.bool)
+    def column(name):
+        return stats.setdefault(name, torch.full((chains, draws), float("nan"),
+                                                 dtype=torch.float64))
+
     for c, diag in enumerate(diagnostics):
         for key, value in (diag or {}).items():
             name = key.replace(" ", "_")
@@ -110,11 +114,9 @@ def _kernel_stats(mcmc, chains: int, draws: int) -> tuple[dict, dict]:
                 continue
             value = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
             if value.numel() == draws:  # a per-draw record from the kernel
-                stats.setdefault(name, torch.full((chains, draws), float("nan"), dtype=torch.float64))
-                stats[name][c] = value.reshape(draws)
+                column(name)[c] = value.reshape(draws)
             elif value.numel() == 1:  # a per-chain summary: broadcast over the draws
-                stats.setdefault(name, torch.full((chains, draws), float("nan"), dtype=torch.float64))
-                stats[name][c] = float(value)
+                column(name)[c] = float(value)
                 attrs[f"{name}_chain_{c}"] = float(value)
     stats["diverging"] = diverging
     step = getattr(getattr(mcmc, "kernel", None), "step_size", None)

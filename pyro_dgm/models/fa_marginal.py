@@ -112,8 +112,8 @@ class FAMarginal(TorchDistribution):
     def variance(self):
         return (self.W * self.W).sum(-1) + self.psi
 
-    def rsample(self, sample_shape=torch.Size()):
-        shape = self._extended_shape(sample_shape)
+    def rsample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
         z = torch.randn(shape[:-1] + self.W.shape[-1:], dtype=self.loc.dtype,
                         device=self.loc.device)
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
