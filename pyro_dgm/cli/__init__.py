@@ -15,6 +15,8 @@ __all__ = ["SUBCOMMANDS", "CLIError", "main"]
 
 #: Modules that add a subcommand. Add yours here.
 SUBCOMMANDS = ["pyro_dgm.cli.compare"]
+SUBCOMMANDS.append("pyro_dgm.cli.train")
+SUBCOMMANDS.append("pyro_dgm.cli.evaluate")
 
 
 class CLIError(Exception):

@@ -145,13 +145,19 @@ class DLGM(PyroModule):
         """Bernoulli logits or Gaussian means of ``x`` given ``z1``."""
         return self.decoder(z1)
 
-    def observation(self, z1: torch.Tensor) -> dist.TorchDistribution:
-        """The distribution of a data row given ``z1`` (event dim 1)."""
+    def observation(self, z1: torch.Tensor, obs_mask: torch.Tensor | None = None
+                    ) -> dist.TorchDistribution:
+        """The distribution of a data row given ``z1`` (event dim 1); ``obs_mask`` drops the
+        pixels where it is ``False`` from the density."""
         eta = self.decode(z1)
         if self.likelihood == "bernoulli":
             # data in [0, 1]: grey levels are soft targets of the cross-entropy
-            return dist.Bernoulli(logits=eta, validate_args=False).to_event(1)
-        return dist.Normal(eta, F.softplus(self.raw_obs_scale)).to_event(1)
+            fn = dist.Bernoulli(logits=eta, validate_args=False)
+        else:
+            fn = dist.Normal(eta, F.softplus(self.raw_obs_scale))
+        if obs_mask is not None:
+            fn = fn.mask(obs_mask)
+        return fn.to_event(1)
 
     def forward(self, x: torch.Tensor | None = None, subsample: torch.Tensor | None = None,
                 num_data: int | None = None, obs_mask: torch.Tensor | None = None):
@@ -178,10 +184,7 @@ class DLGM(PyroModule):
                 loc = self.means[i](z)
                 scale = F.softplus(self.raw_scales[i])
                 z = pyro.sample(f"z{i + 1}", dist.Normal(loc, scale).to_event(1))
-            fn = self.observation(z)
-            if obs_mask is not None:
-                fn = fn.mask(obs_mask)
-            return pyro.sample("x", fn, obs=batch)
+            return pyro.sample("x", self.observation(z, obs_mask), obs=batch)
 
 
 class DLGMGuide(PyroModule):
