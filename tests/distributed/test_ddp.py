@@ -6,11 +6,10 @@ each process saved.
 
 from __future__ import annotations
 
+import _ddp_workers
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-import _ddp_workers
 
 WORLD = 2
 TOL = 1e-10
