@@ -71,7 +71,9 @@ def inverse_softplus(sigma: torch.Tensor | float) -> torch.Tensor:
 
 
 def _random_sign(shape, like: torch.Tensor) -> torch.Tensor:
-    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(0.5) * 2 - 1
+    # randint is several times cheaper than bernoulli_ on CPU
+    signs = torch.randint(0, 2, shape, dtype=like.dtype, device=like.device)
+    return signs.mul_(2).sub_(1)
 
 
 class BayesLayer(nn.Module):
@@ -128,13 +130,13 @@ class BayesLayer(nn.Module):
         total = 0.0
         for mu, rho in self._pairs():
             sigma = F.softplus(rho)
-            kl = self.prior.kl_from_normal(mu, sigma)
+            kl = self.prior.kl_sum_from_normal(mu, sigma)
             if kl is None:
                 eps = torch.randn_like(mu)
                 w = mu + sigma * eps
                 log_q = -0.5 * eps * eps - sigma.log() - _HALF_LOG_2PI
-                kl = log_q - self.prior.log_prob(w)
-            total = total + kl.sum()
+                kl = (log_q - self.prior.log_prob(w)).sum()
+            total = total + kl
         return total
 
     # ---- the linear map, implemented by subclasses -------------------------------------

@@ -66,6 +66,12 @@ class WeightPrior(nn.Module):
         """Elementwise :math:`\\mathrm{KL}(\\mathcal N(loc, scale^2) \\| p)`, or ``None``."""
         return None
 
+    def kl_sum_from_normal(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+        """``kl_from_normal(loc, scale).sum()`` (subclasses may compute it with fewer
+        temporaries), or ``None`` when there is no closed form."""
+        kl = self.kl_from_normal(loc, scale)
+        return None if kl is None else kl.sum()
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return self.log_prob(w)
 
@@ -94,6 +100,15 @@ class GaussianPrior(WeightPrior):
         s = self.scale.to(scale)
         diff = loc - self.loc.to(loc)
         return (s.log() - scale.log()) + (scale * scale + diff * diff) / (2 * s * s) - 0.5
+
+    def kl_sum_from_normal(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        # the same sum as reductions: n (log s - 1/2) - sum log sigma + (sum sigma^2
+        # + sum (mu - m)^2) / (2 s^2); no elementwise KL tensor is materialized
+        s = self.scale.to(scale)
+        diff = loc - self.loc.to(loc)
+        squares = torch.dot(scale.flatten(), scale.flatten()) + torch.dot(diff.flatten(),
+                                                                          diff.flatten())
+        return (loc.numel() * (s.log() - 0.5) - scale.log().sum()) + squares / (2 * s * s)
 
     def extra_repr(self) -> str:
         return f"loc={float(self.loc):g}, scale={float(self.scale):g}"
