@@ -76,6 +76,10 @@ __all__ = [
     "rank_seed",
     "reduce_mean",
     "setup_from_env",
+    "shard_permutation",
+    "teardown",
+    "training_hooks",
+    "wrap_module",
 ]
 
 #: Environment variables ``torchrun`` sets for every process.
@@ -157,6 +161,18 @@ def rank_seed(seed: int, rank: int | None = None) -> int:
     return int(seed) + (_world()[0] if rank is None else int(rank))
 
 
+def shard_permutation(perm: torch.Tensor, batch_size: int, *, rank: int,
+                      world_size: int) -> list[torch.Tensor]:
+    """This rank's index batches of one epoch's permutation ``perm`` (see the loader).
+
+    Global batch ``b`` is ``perm[b G:(b+1) G]``, ``G = batch_size * world_size``, and rank
+    ``r`` takes its ``r``-th block; the last partial global batch is dropped.
+    """
+    g = batch_size * world_size
+    return [perm[step * g + rank * batch_size:step * g + (rank + 1) * batch_size]
+            for step in range(len(perm) // g)]
+
+
 class ShardedIndexLoader:
     r"""Index batches for ``pyro.plate(..., subsample=idx)``, sharded over processes.
 
@@ -212,11 +228,8 @@ class ShardedIndexLoader:
             perm = torch.randperm(self.num_data, generator=generator)
         else:
             perm = torch.arange(self.num_data)
-        perm = perm.to(self.device)
-        g, b = self.global_batch_size, self.batch_size
-        for step in range(len(self)):
-            start = step * g + self.rank * b
-            yield perm[start:start + b]
+        yield from shard_permutation(perm.to(self.device), self.batch_size, rank=self.rank,
+                                     world_size=self.world_size)
 
 
 def index_plates(num_data: int, name: str = "data", dim: int | None = None):
@@ -288,6 +301,52 @@ def _check_module_local(*modules: torch.nn.Module) -> None:
             if context is not None and not hasattr(context, "param_state"):
                 raise ValueError(f"{type(sub).__name__} was built without module-local "
                                  f"parameters: {message}")
+
+
+def wrap_module(module: torch.nn.Module, ctx: DistributedContext | None = None
+                ) -> DistributedDataParallel:
+    """Wrap an ``ELBOModule`` whose parameters all exist in DDP (on ``ctx.device``)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("no torch.distributed process group: call setup_from_env() first")
+    _check_module_local(module)
+    cuda = ctx is not None and ctx.device.type == "cuda"
+    return DistributedDataParallel(module, device_ids=[ctx.local_rank] if cuda else None)
+
+
+def training_hooks(batch_size: int, num_data: int,
+                   device: str | torch.device | None = None) -> tuple[DistributedContext, dict]:
+    """Join the ``torchrun`` group and build the hooks of :func:`pyro_dgm.training.dlgm.train`.
+
+    ``batch_size`` is the *total* over processes (as in a single-process run), split evenly;
+    each epoch's permutation comes from the loop's generator (the same on every process) and
+    is sharded by :func:`shard_permutation`, so one step covers exactly the rows a single
+    process would use (the last partial batch is dropped).
+
+    :returns: ``(ctx, {"index_batches", "wrap_loss", "is_main_process"})``.
+    :raises ValueError: no ``torchrun`` environment, more processes than rows, or a
+        ``batch_size`` that the world size does not divide.
+    """
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    ctx = setup_from_env(device, num_data=num_data)
+    if batch_size % ctx.world_size:
+        teardown()
+        raise ValueError(f"--batch-size {batch_size} is not divisible by the world size "
+                         f"{ctx.world_size}: it is the total batch over all processes")
+    per_rank = batch_size // ctx.world_size
+
+    def index_batches(epoch: int, n: int, generator: torch.Generator) -> list[torch.Tensor]:
+        perm = torch.randperm(n, generator=generator)
+        return shard_permutation(perm, per_rank, rank=ctx.rank, world_size=ctx.world_size)
+
+    hooks = {"index_batches": index_batches, "wrap_loss": lambda m: wrap_module(m, ctx),
+             "is_main_process": ctx.is_main}
+    return ctx, hooks
+
+
+def teardown() -> None:
+    """Leave the process group (if any)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def reduce_mean(value: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run in DIR from its newest checkpoint")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the processes started by `torchrun` "
+                   "(gloo on CPU, NCCL on CUDA); --batch-size is the total over processes")
     p.set_defaults(func=run)
 
 
@@ -65,7 +68,7 @@ _FIELDS = ("latent_dims", "hidden_dims", "objective", "k", "estimator", "order",
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_dgm.training.dlgm import TrainConfig, train
+    from pyro_dgm.training.dlgm import TrainConfig
 
     if args.threads < 1:
         raise ValueError(f"threads must be >= 1, got {args.threads}")
@@ -84,17 +87,45 @@ def run(args: argparse.Namespace) -> int:
             from pyro_dgm.training.checkpoint import load_checkpoint
 
             config.epochs = int(load_checkpoint(args.resume)["config"]["epochs"])
-        result = train(config, out, resume=True, progress=not args.no_progress)
+        result = _train(config, out, args, resume=True)
     else:
         if args.out is None:
             raise ValueError("--out: give the run directory")
         if given.get("data") == "digits-continuous" and "likelihood" not in given:
             given["likelihood"] = "gaussian"
         config = TrainConfig(**given).validate()
-        result = train(config, args.out, progress=not args.no_progress)
-    if result.history:
+        result = _train(config, args.out, args)
+    if result.history and result.is_main:
         last = result.history[-1]
         print(f"epoch {last['epoch']}: train loss {last['train_loss']:.3f}, "
               f"test ELBO {last['test_elbo']:.3f} nats/image; run in {result.out}",
               file=sys.stdout)
     return 0
+
+
+def _train(config, out, args: argparse.Namespace, resume: bool = False):
+    """``train(...)``, data-parallel over the ``torchrun`` processes with --distributed."""
+    from pyro_dgm.training.dlgm import load_data, train
+
+    if not args.distributed:
+        result = train(config, out, resume=resume, progress=not args.no_progress)
+        result.is_main = True
+        return result
+    from pyro_dgm.distributed import teardown, training_hooks
+
+    if resume:  # the stored batch size and rows decide the sharding
+        from pyro_dgm.training.checkpoint import load_checkpoint
+
+        stored = load_checkpoint(out)["config"]
+        batch_size, max_rows = stored["batch_size"], stored.get("max_rows")
+    else:
+        batch_size, max_rows = config.batch_size, config.max_rows
+    num_data = len(load_data(type(config)(data=config.data, max_rows=max_rows), 0, "train"))
+    ctx, hooks = training_hooks(batch_size, num_data, config.device or None)
+    config.device = str(ctx.device)
+    try:
+        result = train(config, out, resume=resume, progress=not args.no_progress, **hooks)
+    finally:
+        teardown()
+    result.is_main = ctx.is_main
+    return result

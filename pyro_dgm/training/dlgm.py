@@ -289,6 +289,10 @@ def train(config: TrainConfig, out=None, *, resume: bool = False,
                 optimizer.step()
                 total = total + loss.detach()
                 count += 1
+            if wrap_loss is not None:  # distributed: log the mean of the shards' losses
+                from pyro_dgm.distributed import reduce_mean
+
+                total = reduce_mean(total)
             with torch.no_grad():
                 test_elbo = -eval_loss.differentiable_loss(model, guide, x_test) / len(x_test)
             row = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1) / num_data,
