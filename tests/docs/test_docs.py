@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-PAGES = ["getting-started.md"]
+PAGES = ["getting-started.md", "rbm.md", "mcmc.md"]
 
 
 @pytest.mark.parametrize("page", PAGES)
