@@ -1,62 +1,21 @@
-r"""Data-parallel SVI and multi-process MCMC chains on :mod:`torch.distributed`.
+r"""DistributedDataParallel for any objective's ``differentiable_loss`` module.
 
-**SVI.** Any objective's ``differentiable_loss`` module (``objective(model, guide)``, an
-:class:`~pyro.infer.elbo.ELBOModule`) trains under
-:class:`torch.nn.parallel.DistributedDataParallel` (the engine Lightning, Fabric and Ray
-Train drive) once three things hold:
+Index loaders sharded by rank for ``pyro.plate(..., subsample=idx)``, the DDP wrapper that
+creates lazy guide parameters first, the training-loop hooks of ``pyro-dgm train
+--distributed`` and the mean-reduced loss for logging. With :math:`S` processes the
+gradient is :math:`\nabla \frac1S\sum_s \hat L_s` (see :mod:`pyro_dgm.distributed`).
 
-1. parameters live on the modules, not in Pyro's global param store
-   (``pyro.settings.set(module_local_params=True)`` *before* the modules are built);
-2. lazily created guide parameters (autoguides) exist before wrapping, so one call on a
-   batch comes first (DDP broadcasts rank 0's values and registers its gradient hooks on
-   the parameters it sees at construction);
-3. every process sees a different shard of each global batch, handed to model and guide as
-   *indices* for ``pyro.plate("data", N, subsample=idx)`` (a plate that draws its own
-   subsample would draw the same indices on every process).
+Example::
 
-With :math:`S` processes, shard :math:`s` of batch size :math:`B` is scaled by
-:math:`N/B`, so its loss :math:`\hat L_s` is an unbiased estimate of the full-data loss, and
-DDP's gradient all-reduce takes the mean,
-
-.. math::
-
-    \nabla \frac1S \sum_{s=1}^S \hat L_s ,
-
-which for a model with only global latents and the same random draws on every process
-(the same seed) is exactly the gradient of a single process on the global batch of size
-:math:`SB`. :func:`distribute_objective` does 1 and 2, :class:`ShardedIndexLoader` does 3,
-:func:`reduce_mean` averages the loss for logging. Multi-sample bounds whose log-sum-exp
-spans the whole data set (IWAE with a global latent) are *not* linear in the shards; see
-``docs/distributed.md`` for their bias.
-
-**MCMC.** Each process runs its own chains with seed ``seed + rank``
-(:func:`rank_seed`); :func:`gather_chains` collects the ``InferenceData`` of every process and
-concatenates it along ArviZ's ``chain`` dimension.
-
-Example (launched with ``torchrun --nproc_per_node 2 script.py``)::
-
-    >>> ctx = setup_from_env()                        # gloo on CPU, NCCL on CUDA
     >>> loader = ShardedIndexLoader(len(x), batch_size=64, seed=0)
-    >>> pyro.set_rng_seed(0)
-    >>> loss_module = distribute_objective(Trace_ELBO(), model, guide,
-    ...                                    x, subsample=next(iter(loader)))
-    >>> optim = torch.optim.Adam(loss_module.parameters(), lr=1e-3)
-    >>> for epoch in range(10):
-    ...     loader.set_epoch(epoch)
-    ...     for idx in loader:
-    ...         optim.zero_grad()
-    ...         loss = loss_module(x, subsample=idx)
-    ...         loss.backward()
-    ...         optim.step()
-    ...     print(float(reduce_mean(loss.detach())))
+    >>> loss_module = distribute_objective(Trace_ELBO(), model, guide, x,
+    ...                                    subsample=next(iter(loader)))
+    >>> loss = loss_module(x, subsample=idx); loss.backward()   # gradients averaged
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
 
 import pyro
 import torch
@@ -65,100 +24,10 @@ from pyro.infer import ELBO
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_dgm._validation import check_int
+from pyro_dgm.distributed.launch import DistributedContext, setup_from_env, teardown, world
 
-__all__ = [
-    "DistributedContext",
-    "ShardedIndexLoader",
-    "distribute_objective",
-    "gather_chains",
-    "index_plates",
-    "merge_chains",
-    "rank_seed",
-    "reduce_mean",
-    "setup_from_env",
-    "shard_permutation",
-    "teardown",
-    "training_hooks",
-    "wrap_module",
-]
-
-#: Environment variables ``torchrun`` sets for every process.
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    """Where this process sits: ``rank`` of ``world_size``, its ``device`` and ``backend``."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str
-
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0 (the process that logs and writes files)."""
-        return self.rank == 0
-
-
-def setup_from_env(
-    device: str | torch.device | None = None,
-    *,
-    num_data: int | None = None,
-    timeout: float = 300.0,
-) -> DistributedContext:
-    """Join the process group described by the ``torchrun`` environment.
-
-    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``; uses
-    the NCCL backend on CUDA (one GPU per process, ``cuda:LOCAL_RANK``) and gloo on CPU.
-    Turns on ``pyro.settings.set(module_local_params=True)``: build model and guide after.
-
-    :param device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
-    :param num_data: the data set size; a world size larger than it is an error.
-    :param timeout: seconds a collective may wait for the other processes.
-    :raises ValueError: outside a ``torchrun`` environment, or ``WORLD_SIZE > num_data``.
-    """
-    missing = [k for k in TORCHRUN_ENV if k not in os.environ]
-    if missing:
-        raise ValueError(
-            f"--distributed needs a torchrun environment ({', '.join(missing)} not set): "
-            "launch with `torchrun --nproc_per_node N -m pyro_dgm ...`")
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if num_data is not None and world_size > num_data:
-        raise ValueError(
-            f"world size {world_size} is larger than the data set ({num_data} rows): every "
-            "process needs at least one row")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' but CUDA is not available")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    pyro.settings.set(module_local_params=True)
-    if not dist.is_initialized():
-        dist.init_process_group(backend, init_method="env://", rank=rank,
-                                world_size=world_size, timeout=timedelta(seconds=timeout))
-    return DistributedContext(rank, world_size, local_rank, device, backend)
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def rank_seed(seed: int, rank: int | None = None) -> int:
-    """``seed + rank``: the seed of this process's MCMC chains (distinct chains per rank).
-
-    For SVI use the *same* seed on every process instead, so that global latents are drawn
-    identically and the averaged gradient is the full-batch one.
-    """
-    return int(seed) + (_world()[0] if rank is None else int(rank))
+__all__ = ["ShardedIndexLoader", "distribute_objective", "index_plates", "reduce_mean",
+           "shard_permutation", "training_hooks", "wrap_module"]
 
 
 def shard_permutation(perm: torch.Tensor, batch_size: int, *, rank: int,
@@ -195,7 +64,7 @@ class ShardedIndexLoader:
     def __init__(self, num_data: int, batch_size: int, *, rank: int | None = None,
                  world_size: int | None = None, seed: int = 0, shuffle: bool = True,
                  device: str | torch.device | None = None):
-        default_rank, default_world = _world()
+        default_rank, default_world = world()
         self.num_data = check_int("num_data", num_data, minimum=1)
         self.world_size = check_int("world_size", default_world if world_size is None
                                     else world_size, minimum=1)
@@ -343,12 +212,6 @@ def training_hooks(batch_size: int, num_data: int,
     return ctx, hooks
 
 
-def teardown() -> None:
-    """Leave the process group (if any)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean of a (detached) tensor over all processes, for logging; identity without a group.
 
@@ -360,60 +223,3 @@ def reduce_mean(value: torch.Tensor) -> torch.Tensor:
         value = value / dist.get_world_size()
     return value
 
-
-def merge_chains(parts: Sequence):
-    """Concatenate ``InferenceData`` objects along ``chain`` (renumbered ``0..C-1``).
-
-    Groups without a ``chain`` dimension (``observed_data``, ``constant_data``) are taken
-    from the first part. All parts must have the same variables and number of draws.
-
-    :raises ValueError: no parts, or parts whose groups or draws differ.
-    """
-    import xarray as xr
-
-    from pyro_dgm.compare._arviz import arviz, group_names
-
-    parts = list(parts)
-    if not parts:
-        raise ValueError("parts is empty: nothing to merge")
-    names = group_names(parts[0])
-    for i, part in enumerate(parts[1:], 1):
-        if group_names(part) != names:
-            raise ValueError(f"parts[{i}] has groups {group_names(part)}, parts[0] {names}")
-    groups = {}
-    for name in names:
-        first = parts[0][name]
-        if "chain" not in first.dims:
-            groups[name] = first
-            continue
-        pieces, start = [], 0
-        for part in parts:
-            ds = part[name]
-            if ds.sizes.get("draw") != first.sizes.get("draw"):
-                raise ValueError(f"group {name!r}: parts have different numbers of draws")
-            n = ds.sizes["chain"]
-            pieces.append(ds.assign_coords(chain=list(range(start, start + n))))
-            start += n
-        groups[name] = xr.concat(pieces, dim="chain", combine_attrs="override")
-    return arviz.InferenceData(**groups)
-
-
-def gather_chains(idata, *, group=None):
-    """Collect every process's chains into one ``InferenceData`` on every process.
-
-    :param idata: this process's ``InferenceData``, or a finished :class:`pyro.infer.MCMC`
-        (converted with :func:`pyro_dgm.compare.from_mcmc`).
-    :param group: a ``torch.distributed`` process group (default: the world).
-    :returns: chains of rank 0 first, then rank 1, ...; without a process group, ``idata``.
-
-    Run each process's chains with ``pyro.set_rng_seed(rank_seed(seed))`` so they differ.
-    """
-    if isinstance(idata, pyro.infer.MCMC):
-        from pyro_dgm.compare import from_mcmc
-
-        idata = from_mcmc(idata)
-    if not (dist.is_available() and dist.is_initialized()):
-        return idata
-    parts = [None] * dist.get_world_size(group)
-    dist.all_gather_object(parts, idata, group=group)
-    return merge_chains(parts)
