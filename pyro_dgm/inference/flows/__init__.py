@@ -10,8 +10,10 @@
   for local latents in a data plate.
 """
 
+from pyro_dgm.inference.flows.amortized import AmortizedFlowGuide
 from pyro_dgm.inference.flows.base import ConditionalFlow, NotInvertibleError
 from pyro_dgm.inference.flows.distribution import FlowDistribution
+from pyro_dgm.inference.flows.flow_guide import FlowGuide
 from pyro_dgm.inference.flows.iaf import IAF, MADE
 from pyro_dgm.inference.flows.planar import Planar
 from pyro_dgm.inference.flows.radial import Radial

@@ -46,7 +46,8 @@ class FlowDistribution(TorchDistribution):
     """:math:`T(f(z_0; c))` with :math:`z_0 \\sim \\mathcal N(\\mu, \\sigma^2)` diagonal.
 
     :param loc: ``(..., d)`` base means; :param scale: ``(..., d)`` base scales.
-    :param flows: a :class:`~pyro_dgm.inference.flows.stack.FlowSequence` on ``d``-vectors.
+    :param flows: a :class:`~pyro_dgm.inference.flows.stack.FlowSequence` on ``d``-vectors,
+        or ``None`` (no flow: the diagonal Gaussian itself).
     :param context: ``(..., c)`` context, or ``None`` for unconditional flows.
     :param event_shape: shape of one value (default ``(d,)``; its size must be ``d``).
     :param transform: optional bijection applied last (e.g. ``biject_to(support)``) with
@@ -56,10 +57,10 @@ class FlowDistribution(TorchDistribution):
     arg_constraints: dict = {}
     has_rsample = True
 
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, flows: FlowSequence,
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, flows: FlowSequence | None,
                  context: torch.Tensor | None = None, *, event_shape=None,
                  transform: Transform | None = None, validate_args=None):
-        dim = flows.dim
+        dim = loc.shape[-1] if flows is None else flows.dim
         if loc.shape[-1:] != (dim,) or scale.shape[-1:] != (dim,):
             raise ValueError(f"loc and scale must end in the flow dimension {dim}, got "
                              f"{tuple(loc.shape)} and {tuple(scale.shape)}")
@@ -70,6 +71,7 @@ class FlowDistribution(TorchDistribution):
         if context is not None:
             batch = torch.broadcast_shapes(batch, context.shape[:-1])
         self.loc, self.scale, self.flows, self.context = loc, scale, flows, context
+        self.dim = dim
         self.transform = transform
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         super().__init__(batch, event_shape, validate_args=validate_args)
@@ -82,7 +84,7 @@ class FlowDistribution(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
-        d = self.flows.dim
+        d = self.dim
         context = self.context
         if context is not None:
             context = context.expand(batch_shape + context.shape[-1:])
@@ -108,12 +110,16 @@ class FlowDistribution(TorchDistribution):
         """Draw reparameterized values and their log densities in one pass."""
         sample_shape = torch.Size(sample_shape)
         shape = self._extended_shape(sample_shape)[: len(sample_shape) + len(self.batch_shape)]
-        shape = shape + (self.flows.dim,)
+        shape = shape + (self.dim,)
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         z0 = self.loc + self.scale * eps
         base = (-0.5 * eps * eps - self.scale.log() - _HALF_LOG_2PI).sum(-1)
-        y, log_det = self.flows(z0, self.context)
-        value, log_prob = self._finish(y, base - log_det)
+        if self.flows is None:
+            y, log_prob = z0, base
+        else:
+            y, log_det = self.flows(z0, self.context)
+            log_prob = base - log_det
+        value, log_prob = self._finish(y, log_prob)
         self._cache = (value, log_prob)
         return value, log_prob
 
@@ -128,7 +134,7 @@ class FlowDistribution(TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._cache is not None and value is self._cache[0]:
             return self._cache[1]
-        if not self.flows.invertible:
+        if self.flows is not None and not self.flows.invertible:
             self.flows.inverse(value)  # raises NotInvertibleError with the reason
         if self._validate_args:
             self._validate_sample(value)
@@ -141,5 +147,8 @@ class FlowDistribution(TorchDistribution):
                 ladj = ladj.sum(tuple(range(-extra, 0)))
             value = y
         flat = value.reshape(value.shape[: value.dim() - len(self.event_shape)] + (-1,))
-        z0, log_det = self.flows.inverse(flat, self.context)
+        if self.flows is None:
+            z0, log_det = flat, 0
+        else:
+            z0, log_det = self.flows.inverse(flat, self.context)
         return self._base_log_prob(z0) - log_det - ladj
