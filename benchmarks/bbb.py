@@ -19,6 +19,7 @@ Three parts, one JSON object (``python -m benchmarks.bbb --quick``):
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
@@ -32,7 +33,7 @@ from torch import nn
 
 from benchmarks._common import emit, parser, sync
 from pyro_dgm.models.bnn_problems import blundell_toy_data, toy_function
-from pyro_dgm.nn import BayesLinear, bbb_loss, kl_divergence, predict
+from pyro_dgm.nn import BayesLinear, bbb_loss, kl_divergence, make_prior, predict
 
 PLOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "bbb_toy_regression.png"
 
@@ -47,15 +48,14 @@ def _digits(seed, device):
         t(yte, torch.long)
 
 
-def _mlp(hidden, kind, estimator):
+def _mlp(hidden, kind, estimator, init_sigma=1e-3, mixture=None):
     if kind == "deterministic":
         layer = lambda i, o: nn.Linear(i, o)  # noqa: E731
     else:
-        prior = ("gaussian" if kind == "bbb_gaussian" else None)
-        kwargs = ({} if prior else dict(pi=0.5, sigma1=1.0, sigma2=math.exp(-6)))
-        from pyro_dgm.nn import make_prior
+        prior = (make_prior("gaussian") if kind == "bbb_gaussian"
+                 else make_prior("scale_mixture", **(mixture or {})))
         layer = lambda i, o: BayesLinear(  # noqa: E731
-            i, o, prior=make_prior(prior or "scale_mixture", **kwargs), estimator=estimator)
+            i, o, prior=copy.deepcopy(prior), estimator=estimator, init_sigma=init_sigma)
     return nn.Sequential(layer(64, hidden), nn.ReLU(), layer(hidden, hidden), nn.ReLU(),
                          layer(hidden, 10))
 
@@ -74,13 +74,14 @@ def ece(probs, y, bins=15):
     return float(total)
 
 
-def run_digits(seed, hidden, epochs, device, estimator="local", samples=50):
+def run_digits(seed, hidden, epochs, device, estimator="local", samples=50, lr=1e-3,
+               bbb_lr=1e-3, init_sigma=1e-3, mixture=None):
     xtr, ytr, xte, yte = _digits(seed, device)
     out = {}
     for kind in ("deterministic", "bbb_gaussian", "bbb_scale_mixture"):
         torch.manual_seed(seed)
-        net = _mlp(hidden, kind, estimator).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        net = _mlp(hidden, kind, estimator, init_sigma, mixture).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=lr if kind == "deterministic" else bbb_lr)
         n = len(ytr)
         for _ in range(epochs):
             for idx in torch.randperm(n, device=device).split(64):
@@ -104,15 +105,15 @@ def run_digits(seed, hidden, epochs, device, estimator="local", samples=50):
 
 
 # ---- toy regression ------------------------------------------------------------------
-def run_toy(steps, device, plot=True):
+def run_toy(steps, device, plot=True, lr=3e-3, init_sigma=1e-3):
     torch.manual_seed(0)
     x, y = blundell_toy_data(200, seed=0, dtype=torch.float32, device=device)
     y = y[:, None]
-    net = nn.Sequential(BayesLinear(1, 100, estimator="local"), nn.ReLU(),
-                        BayesLinear(100, 100, estimator="local"), nn.ReLU(),
-                        BayesLinear(100, 1, estimator="local")).to(device)
+    kw = dict(estimator="local", init_sigma=init_sigma)
+    net = nn.Sequential(BayesLinear(1, 100, **kw), nn.ReLU(), BayesLinear(100, 100, **kw),
+                        nn.ReLU(), BayesLinear(100, 1, **kw)).to(device)
     log_noise = torch.tensor(math.log(0.1), device=device, requires_grad=True)
-    opt = torch.optim.Adam([*net.parameters(), log_noise], lr=3e-3)
+    opt = torch.optim.Adam([*net.parameters(), log_noise], lr=lr)
     for _ in range(steps):
         nll = -torch.distributions.Normal(net(x), log_noise.exp()).log_prob(y).squeeze(-1)
         loss = bbb_loss(nll, kl_divergence(net), num_data=len(x))
