@@ -2,10 +2,12 @@
 
 Every ``benchmarks/<name>.py`` (not starting with ``_``, not this file) runs as
 ``python -m benchmarks.<name> [--quick]`` in its own subprocess, one after another, with a
-per-benchmark timeout and a total time budget; the one JSON object it prints is stored as
+per-benchmark timeout and a total time budget (each benchmark may use at most an equal share
+of the budget that is left); the one JSON object it prints is stored as
 ``<name>.json``. A benchmark that fails, times out or prints no JSON gets a record with
 ``"status"`` and the tail of its stderr instead, and the run goes on. ``summary.md`` has one
-table row per benchmark (status, seconds, ratios) and the machine.
+table row per benchmark (status, wall and CPU seconds, ratios) and the machine with its
+load average (a shared machine makes wall times long; CPU seconds are less affected).
 
 Usage::
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -59,22 +62,28 @@ def run_one(name: str, *, quick: bool, timeout: float, device: str = "cpu",
     cmd = [sys.executable, "-m", f"benchmarks.{name}"] + (["--quick"] if quick else [])
     if device != "cpu":
         cmd += ["--device", device]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
         return {"benchmark": name, "status": "timeout", "seconds": time.perf_counter() - start,
-                "timeout": timeout, "stderr_tail": (err or "")[-2000:]}
-    seconds = time.perf_counter() - start
+                "cpu_seconds": _children_cpu() - cpu, "timeout": timeout,
+                "stderr_tail": (err or "")[-2000:]}
+    times = {"seconds": time.perf_counter() - start, "cpu_seconds": _children_cpu() - cpu}
     record = parse_record(proc.stdout) if proc.returncode == 0 else None
     if record is None:
         status = f"failed (exit {proc.returncode})" if proc.returncode else "no JSON"
-        return {"benchmark": name, "status": status, "seconds": seconds,
+        return {"benchmark": name, "status": status, **times,
                 "stderr_tail": proc.stderr[-2000:]}
     record["status"] = "ok"
-    record["seconds"] = seconds
+    record.update(times)
     return record
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _fmt(value) -> str:
@@ -92,13 +101,13 @@ def summary_markdown(records: list[dict], *, quick: bool, machine: dict) -> str:
              f"pyro {machine.get('pyro')}, device {machine.get('device')}"
              + (f" ({machine['gpu']})" if machine.get("gpu") else "")
              + f"; load average at start {machine.get('load_average')}.", "",
-             "| benchmark | status | seconds | ratios (ours / theirs) |",
-             "|---|---|---:|---|"]
+             "| benchmark | status | wall s | CPU s | ratios (ours / theirs) |",
+             "|---|---|---:|---:|---|"]
     for r in records:
         ratios = ", ".join(f"{k} = {_fmt(v)}" for k, v in (r.get("ratios") or {}).items())
         lines.append(f"| {r['benchmark']} | {r['status']} | {r.get('seconds', 0):.1f} | "
-                     f"{ratios or '-'} |")
-    failed = [r for r in records if r["status"] != "ok"]
+                     f"{r.get('cpu_seconds', 0):.1f} | {ratios or '-'} |")
+    failed = [r for r in records if r.get("stderr_tail")]
     for r in failed:
         tail = (r.get("stderr_tail") or "").strip().splitlines()[-5:]
         lines += ["", f"## {r['benchmark']}: {r['status']}", "", "```", *tail, "```"]
@@ -131,14 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.device)
     machine["load_average"] = [round(x, 1) for x in os.getloadavg()]
     began, records = time.perf_counter(), []
-    for name in names:
-        left = budget - (time.perf_counter() - began)
-        if left < 5:
+    for i, name in enumerate(names):
+        # an equal share of what is left, so that every benchmark gets its turn
+        share = (budget - (time.perf_counter() - began)) / (len(names) - i)
+        if share < 5:
             record = {"benchmark": name, "status": "skipped (time budget spent)",
                       "seconds": 0.0}
         else:
             print(f"[run_all] {name} ...", file=sys.stderr, flush=True)
-            record = run_one(name, quick=args.quick, timeout=min(timeout, left),
+            record = run_one(name, quick=args.quick, timeout=min(timeout, share),
                              device=args.device)
         print(f"[run_all] {name}: {record['status']} ({record['seconds']:.1f} s)",
               file=sys.stderr, flush=True)

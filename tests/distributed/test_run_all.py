@@ -31,11 +31,11 @@ def test_failures_are_recorded_and_summarized(tmp_path):
     failed = run_all.run_one("does_not_exist", quick=True, timeout=60)
     assert failed["status"].startswith("failed (exit")
     assert "does_not_exist" in failed["stderr_tail"]
-    ok = {"benchmark": "fake", "status": "ok", "seconds": 1.25,
+    ok = {"benchmark": "fake", "status": "ok", "seconds": 1.25, "cpu_seconds": 2.0,
           "ratios": {"ours_vs_pyro": 0.5}}
     text = run_all.summary_markdown([ok, failed], quick=True,
                                     machine={"platform": "test", "cpu_count": 2})
-    assert "| fake | ok | 1.2 | ours_vs_pyro = 0.5 |" in text
+    assert "| fake | ok | 1.2 | 2.0 | ours_vs_pyro = 0.5 |" in text
     assert "## does_not_exist: failed" in text
 
 
