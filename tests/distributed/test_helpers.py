@@ -126,3 +126,39 @@ def test_merge_chains_validation():
         merge_chains([])
     with pytest.raises(ValueError, match="different numbers of draws"):
         merge_chains([_idata(0), _idata(1, draws=6)])
+
+
+@pytest.fixture
+def single_process_group(tmp_path):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/init",
+                                         rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def test_distribute_objective_validation(single_process_group):
+    with pyro.settings.context(module_local_params=False):
+        fa = FactorAnalysis(3, 1, dtype=torch.float64)
+        guide = AutoNormal(fa)
+    x = fa.simulate(6, seed=0).x
+    with pyro.settings.context(module_local_params=True):
+        with pytest.raises(ValueError, match="FactorAnalysis was built without module-local"):
+            distribute_objective(Trace_ELBO(), fa, guide, x)
+    with pyro.settings.context(module_local_params=False):
+        with pytest.raises(ValueError, match="module_local_params=True"):
+            distribute_objective(Trace_ELBO(), fa, guide, x)
+    with pyro.settings.context(module_local_params=True):
+        fa = FactorAnalysis(3, 1, dtype=torch.float64)
+        guide = AutoNormal(fa, create_plates=index_plates(6))
+        with pytest.raises(ValueError, match="objective must be a pyro.infer.ELBO"):
+            distribute_objective(lambda m, g: None, fa, guide, x)
+        with pytest.raises(ValueError, match="guide must be a torch.nn.Module"):
+            distribute_objective(Trace_ELBO(), fa, lambda *a, **k: None, x)
+        module = distribute_objective(Trace_ELBO(), fa, guide, x, subsample=torch.arange(3))
+        assert isinstance(module, torch.nn.parallel.DistributedDataParallel)
+        names = {k for k, _ in module.named_parameters()}
+        assert any("locs.z" in k for k in names)  # lazy guide parameters were created
+        loss = module(x, subsample=torch.tensor([4, 5, 0]))
+        loss.backward()
+        assert all(p.grad is not None for p in module.parameters())
+        assert torch.equal(reduce_mean(loss), loss.detach())
