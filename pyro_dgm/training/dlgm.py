@@ -25,8 +25,9 @@ of the whole training set (scale :math:`N/B`).
   shows progress.
 
 Every epoch writes ``metrics.csv``/``metrics.json`` (train loss and test ELBO in nats per
-image, seconds), ``loss.png`` and a checkpoint (:mod:`~pyro_dgm.training.checkpoint`)
-holding model, guide, optimizer, the random states and the epoch. ``train(config, out,
+image, seconds) and a checkpoint (:mod:`~pyro_dgm.training.checkpoint`)
+holding model, guide, optimizer, the random states and the epoch; ``loss.png`` every
+:data:`PLOT_EVERY` epochs and at the end. ``train(config, out,
 resume=True)`` reloads the newest checkpoint and continues exactly: the per-epoch data
 order and dynamic binarization come from generators seeded by ``(seed, epoch)``, and the
 sampling state from the restored RNGs, so 4 epochs equal 2 epochs plus a resume for 2.
@@ -68,6 +69,8 @@ OBJECTIVES = ("elbo", "iwae", "perturbative")
 DATASETS = ("digits", "digits-continuous")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _TEST_SEED = 20140101  # the one dynamic binarization of the test set
+#: ``loss.png`` is redrawn every this many epochs and after the last one
+PLOT_EVERY = 10
 
 
 @dataclass
@@ -196,6 +199,9 @@ def _write_metrics(out: Path, history: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
+
+
+def _plot_loss(out: Path, history: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,6 +311,8 @@ def train(config: TrainConfig, out=None, *, resume: bool = False,
             bar.set_postfix(loss=f"{row['train_loss']:.2f}", test_elbo=f"{row['test_elbo']:.2f}")
             if out is not None and is_main_process:
                 _write_metrics(out, history)
+                if (epoch + 1) % PLOT_EVERY == 0 or epoch + 1 == config.epochs:
+                    _plot_loss(out, history)
                 save_checkpoint(out, {
                     "epoch": epoch + 1, "config": asdict(config),
                     "model": model.state_dict(), "guide": guide.state_dict(),
