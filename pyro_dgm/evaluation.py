@@ -89,17 +89,25 @@ def _traces(model, guide, x, num_samples, **kwargs):
     return gtr, mtr
 
 
-def active_units(model, guide, x: torch.Tensor, *, num_samples: int = 100,
+def active_units(model, guide, x: torch.Tensor, *, num_samples: int = 500,
                  threshold: float = 1e-2) -> dict[str, int]:
     r"""Active units per layer: :math:`\mathrm{Var}_x(\mathbb E_q[z_u]) > ` ``threshold``.
 
-    :math:`\mathbb E_q` is a Monte Carlo mean over ``num_samples`` guide draws (exact in the
-    first layer's mean up to that error; the upper layers' posterior means need it).
+    :math:`\mathbb E_q` averages, over ``num_samples`` guide draws, each site's conditional
+    mean given the draws of the layers below (Rao-Blackwellized: exact for the first layer of
+    a Gaussian guide), or the draws themselves when the distribution has no ``mean`` (flows).
+    The Monte Carlo noise adds about :math:`\sigma^2/S` to the variance, so keep
+    ``num_samples`` large when the guide cannot give means.
     """
     gtr, _ = _traces(model, guide, x, num_samples)
     result = {}
     for name in model.site_names:
-        means = gtr.nodes[name]["value"].mean(0)  # (N, d)
+        site = gtr.nodes[name]
+        try:
+            values = site["fn"].mean.expand_as(site["value"])
+        except NotImplementedError:
+            values = site["value"]
+        means = values.mean(0)  # (N, d)
         result[name] = int((means.var(0, unbiased=True) > threshold).sum())
     return result
 
