@@ -75,7 +75,7 @@ def run_one(name: str, *, quick: bool, timeout: float, device: str = "cpu",
     if record is None:
         status = f"failed (exit {proc.returncode})" if proc.returncode else "no JSON"
         return {"benchmark": name, "status": status, **times,
-                "stderr_tail": proc.stderr[-2000:]}
+                "stderr_tail": proc.stderr[-2000:] or proc.stdout[-2000:]}
     record["status"] = "ok"
     record.update(times)
     return record
