@@ -55,6 +55,8 @@ def test_parameters_identical_after_a_step(results, scenario):
 
 def test_iwae_global_latent_is_biased_under_sharding(results):
     r = results[0]["iwae_global"]
+    if "unavailable" in r:
+        pytest.skip("pyro_dgm.inference.IWAE is not available")
     log_z = r["log_evidence"]
     # the guide is the exact posterior: every full-data weight is p(x), so IWAE_K = log p(x)
     for k in (1, 8):
