@@ -12,7 +12,8 @@ Train drive) once three things hold:
    the parameters it sees at construction);
 3. every process sees a different shard of each global batch, handed to model and guide as
    *indices* for ``pyro.plate("data", N, subsample=idx)`` (a plate that draws its own
-   subsample would draw the same indices on every process).
+   subsample would draw the same indices on every process; autoguides need
+   ``create_plates=index_plates(N)``, see :func:`index_plates`).
 
 With :math:`S` processes, shard :math:`s` of batch size :math:`B` is scaled by
 :math:`N/B`, so its loss :math:`\hat L_s` is an unbiased estimate of the full-data loss, and
@@ -49,7 +50,11 @@ Example (launched with ``torchrun --nproc_per_node 2 script.py``)::
     ...         loss.backward()
     ...         optim.step()
     ...     print(float(reduce_mean(loss.detach())))
+
+(``model`` and ``guide`` built after :func:`setup_from_env`, an autoguide with
+``create_plates=index_plates(len(x))``.)
 """
+
 from pyro_dgm.distributed.chains import gather_chains, merge_chains
 from pyro_dgm.distributed.ddp import (
     ShardedIndexLoader,
