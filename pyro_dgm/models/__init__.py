@@ -1,6 +1,7 @@
 """Generative models written as Pyro programs."""
 
 from pyro_dgm.models.bayesian_mlp import BayesianMLP
+from pyro_dgm.models.dlgm import DLGM, DLGMGuide
 from pyro_dgm.models.fa_exact import ExactPosteriorGuide, fa_posterior
 from pyro_dgm.models.fa_marginal import FAMarginal, fa_log_marginal
 from pyro_dgm.models.factor_analysis import FactorAnalysis, FAData
@@ -9,6 +10,8 @@ from pyro_dgm.models.rbm import RBM
 
 __all__ = [
     "BayesianMLP",
+    "DLGM",
+    "DLGMGuide",
     "ExactPosteriorGuide",
     "FAData",
     "FAMarginal",
