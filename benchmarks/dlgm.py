@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             g = torch.Generator().manual_seed(args.seed)
             batches = torch.randperm(len(x), generator=g).split(args.batch_size)
             times = {name: [] for name in fns}
-            for name, fn in fns.items():  # warm-up
+            for fn in fns.values():  # warm-up
                 for idx in batches[:3]:
                     fn(idx)
             for r in range(rounds):

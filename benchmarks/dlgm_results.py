@@ -94,7 +94,7 @@ def table(results) -> str:
     lines = ["| model | layers | k | guide | test L_5000 (nats) | test ELBO | active units | "
              "bits/dim per layer | train s | commands |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for (name, objective, k, guide, latent), train, evaluate, r in results:
+    for (name, _objective, k, guide, latent), train, evaluate, r in results:
         units = " + ".join(f"{v}/{d}" for v, d in zip(r["active_units"].values(), latent,
                                                       strict=True))
         bits = ", ".join(f"{r['bits_per_dim'][f'z{i + 1}']:.3f}" for i in range(len(latent)))

@@ -7,8 +7,8 @@ import pyro
 import pytest
 import torch
 
-from pyro_dgm.data import load_digits
 from pyro_dgm import evaluation
+from pyro_dgm.data import load_digits
 from pyro_dgm.evaluation import (
     active_units,
     bits_per_dim,
