@@ -107,6 +107,7 @@ class AmortizedFlowGuide(AutoGuide):
         self._flow_kwargs = flow_kwargs
         super().__init__(model)
         self.encoder = encoder
+        self._flatten_input = False
         self.heads = nn.ModuleDict()
         self.flows = nn.ModuleDict()
 
@@ -178,7 +179,10 @@ class AmortizedFlowGuide(AutoGuide):
             layers = []
             for a, b in zip(dims[:-1], dims[1:], strict=True):
                 layers += [nn.Linear(a, b), nn.ReLU()]
-            self.encoder = nn.Sequential(nn.Flatten(), *layers).to(batch)
+            self.encoder = nn.Sequential(*layers).to(batch)
+            self._flatten_input = True
+        if self._flatten_input:  # the default encoder reads flattened rows
+            batch = batch.reshape(batch.shape[:1] + (-1,))
         return self.encoder(batch)
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:

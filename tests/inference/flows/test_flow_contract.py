@@ -47,7 +47,8 @@ def test_log_det_matches_autograd_jacobian(name, context_dim):
     _, log_det = flows(z, context)
     for i in range(len(z)):
         ctx = None if context is None else context[i:i + 1]
-        jac = torch.autograd.functional.jacobian(lambda v: flows(v[None], ctx)[0][0], z[i])
+        jac = torch.autograd.functional.jacobian(
+            lambda v, c=ctx: flows(v[None], c)[0][0], z[i])
         sign, expected = torch.linalg.slogdet(jac)
         assert sign > 0  # orientation preserving, det > 0
         assert float(flows.log_abs_det_jacobian(z[i:i + 1], ctx)[0].detach() - expected) == \
