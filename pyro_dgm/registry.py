@@ -44,6 +44,7 @@ __all__ = [
 BUILTIN_MODULES = [
     "pyro_dgm.compare.methods",
     "pyro_dgm.compare.problems",
+    "pyro_dgm.inference.methods_flows",
     "pyro_dgm.models.bnn_problems",
 ]
 

@@ -21,3 +21,8 @@ __all__ = [
     "fa_log_marginal",
     "fa_posterior",
 ]
+
+# the 2-D energy targets U1-U4 of Rezende & Mohamed (2015)
+from pyro_dgm.models.energy import EnergyTarget, energy_kl, energy_log_z  # noqa: E402
+
+__all__ += ["EnergyTarget", "energy_kl", "energy_log_z"]
