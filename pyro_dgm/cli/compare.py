@@ -76,5 +76,7 @@ def run(args: argparse.Namespace) -> int:
                                 out=args.out, settings=settings,
                                 log=lambda msg: print(msg, file=sys.stderr))
     print(markdown_table(result.summary), end="")
+    for name, why in result.failures.items():
+        print(f"warning: method {name} failed and is not in the report: {why}", file=sys.stderr)
     print(f"report written to {result.out / 'index.md'}")
     return 0

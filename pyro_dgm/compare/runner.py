@@ -56,6 +56,8 @@ class ComparisonResult:
     idatas: dict
     out: Path | None = None
     files: list[Path] = field(default_factory=list)
+    #: method -> one-line reason, for methods that failed numerically (the rest ran)
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 def default_settings(quick: bool = False, **overrides) -> Settings:
@@ -72,7 +74,10 @@ def default_settings(quick: bool = False, **overrides) -> Settings:
     check_int("num_warmup", settings.num_warmup, minimum=0)
     check_int("num_chains", settings.num_chains, minimum=1)
     check_int("num_steps", settings.num_steps, minimum=1)
-    device = torch.device(settings.device)  # raises on a malformed name
+    try:
+        device = torch.device(settings.device)
+    except RuntimeError:
+        raise ValueError(f"device: unknown device {settings.device!r}; use cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: CUDA is not available on this machine")
     return settings
@@ -148,13 +153,23 @@ def run_comparison(
     pyro.set_rng_seed(settings.seed)
     problem = model_entry.build(settings)
     log(f"model {model}: {problem.description}")
-    idatas, files = {}, []
+    idatas, files, failures = {}, [], {}
     for i, entry in enumerate(entries):
         pyro.clear_param_store()
         pyro.set_rng_seed(settings.seed + 1000 * i)
         log(f"running {entry.name} ({entry.description})")
         start = time.perf_counter()
-        idata = entry.run(problem, replace(settings, seed=settings.seed + 1000 * i))
+        try:
+            idata = entry.run(problem, replace(settings, seed=settings.seed + 1000 * i))
+        except (RuntimeError, ArithmeticError, torch.linalg.LinAlgError) as e:
+            # a numerical failure of one method (e.g. a Hessian that is not positive
+            # definite) must not lose the others: report it and go on
+            if entry.name == reference:
+                raise ValueError(f"reference method {reference!r} failed: {e}") from e
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            failures[entry.name] = message
+            log(f"  {entry.name} FAILED: {message}")
+            continue
         wall = time.perf_counter() - start
         set_attrs(idata, {"wall_time_s": wall, "method": entry.name, "model": model,
                           "inference_kind": entry.kind})
@@ -165,7 +180,7 @@ def run_comparison(
             idata.to_netcdf(str(files[-1]))
     table = compare_posteriors(idatas, reference, var_names=problem.var_names)
     summary = summarize(table)
-    result = ComparisonResult(table, summary, idatas, path, files)
+    result = ComparisonResult(table, summary, idatas, path, files, failures)
     if path is not None:
         _write_report(result, problem, reference, settings)
     return result
@@ -186,6 +201,7 @@ def _write_report(result: ComparisonResult, problem, reference: str, settings) -
                  path / "marginals.png")
     result.files += [path / n for n in ("forest.png", "sd_ratios.png", "marginals.png")]
     links = "\n".join(f"- [{f.name}]({f.name})" for f in result.files)
+    failed = "".join(f"**{name} failed**: {why}\n\n" for name, why in result.failures.items())
     index = (
         f"# Posterior comparison: {problem.name}\n\n{problem.description}\n\n"
         f"Reference method: **{reference}**. Settings: {settings.num_chains} chain(s) x "
@@ -193,7 +209,7 @@ def _write_report(result: ComparisonResult, problem, reference: str, settings) -
         f"{settings.num_steps} SVI steps; seed {settings.seed}; device {settings.device}.\n\n"
         "`sd_ratio` is each marginal's sd over the reference's (below 1: under-dispersed); "
         "`std_mean_error` and `w1_std` are in units of the reference sd.\n\n"
-        f"## Summary\n\n{markdown_table(summary)}\n"
+        f"## Summary\n\n{markdown_table(summary)}\n{failed}"
         "## Plots\n\n![forest](forest.png)\n\n![sd ratios](sd_ratios.png)\n\n"
         f"![marginals](marginals.png)\n\n## Files\n\n{links}\n"
     )

@@ -3,6 +3,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from pyro_dgm.cli import main
 from pyro_dgm.compare._arviz import arviz
@@ -56,6 +57,21 @@ def test_unwritable_out_fails_before_sampling(tmp_path, monkeypatch, capsys):
     code = main(["compare", "--methods", "nuts", "--out", str(blocker / "sub"), *TINY])
     err = capsys.readouterr().err
     assert code == 2 and "out: cannot write" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failing_method_does_not_lose_the_others(tmp_path, monkeypatch, capsys):
+    def broken(problem, settings):
+        raise torch.linalg.LinAlgError("Hessian is not positive definite")
+
+    monkeypatch.setitem(METHODS._entries, "laplace", MethodEntry("laplace", broken, "vi"))
+    out = tmp_path / "r"
+    code = main(["compare", "--model", "fa-synthetic", "--methods", "nuts,laplace,meanfield",
+                 "--out", str(out), *TINY])
+    assert code == 0
+    assert (out / "nuts.nc").exists() and (out / "meanfield.nc").exists()
+    assert not (out / "laplace.nc").exists()
+    assert "laplace failed" in (out / "index.md").read_text()
+    assert "method laplace failed" in capsys.readouterr().err
 
 
 def test_console_script_lists_registry():
