@@ -45,6 +45,7 @@ BUILTIN_MODULES = [
     "pyro_dgm.compare.methods",
     "pyro_dgm.compare.problems",
     "pyro_dgm.inference.methods_flows",
+    "pyro_dgm.inference.methods_vi",
     "pyro_dgm.models.bnn_problems",
 ]
 

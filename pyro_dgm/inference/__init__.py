@@ -1,4 +1,15 @@
-"""Objectives, guides and MCMC kernels that plug into Pyro's ``SVI`` and ``MCMC``."""
+"""Objectives, guides and MCMC kernels that plug into Pyro's ``SVI`` and ``MCMC``.
+
+Objectives for :class:`pyro.infer.SVI` (each also an ``nn.Module`` via ``objective(model,
+guide)``) and evaluation (``docs/objectives.md``):
+
+- :class:`IWAE`: importance-weighted bound per data point, unbiased under subsampling, with
+  IWAE, STL and DReG gradient estimators; :func:`importance_resample` draws from the
+  posterior it implies;
+- :class:`PerturbativeELBO`: the perturbative bound of Bamler et al. (2017), odd order,
+  closed-form reference energy;
+- :func:`log_marginal_likelihood`: importance-sampled log p(x) per data point, chunked.
+"""
 
 __all__: list[str] = []
 
@@ -11,3 +22,18 @@ from pyro_dgm.inference.flows import (  # noqa: E402
 )
 
 __all__ += ["AmortizedFlowGuide", "FlowDistribution", "FlowGuide", "NotInvertibleError"]
+
+# importance-weighted and perturbative objectives, importance-sampled log-likelihoods
+from pyro_dgm.inference._particles import (  # noqa: E402
+    BiasedSubsampleWarning,
+    NonFiniteLossError,
+)
+from pyro_dgm.inference.iwae import IWAE, importance_resample  # noqa: E402
+from pyro_dgm.inference.log_likelihood import (  # noqa: E402
+    LogLikelihood,
+    log_marginal_likelihood,
+)
+from pyro_dgm.inference.perturbative import PerturbativeELBO  # noqa: E402
+
+__all__ += ["IWAE", "BiasedSubsampleWarning", "LogLikelihood", "NonFiniteLossError",
+            "PerturbativeELBO", "importance_resample", "log_marginal_likelihood"]
