@@ -1,0 +1,197 @@
+r"""``pyro.infer.MCMC`` with vectorized chains.
+
+:class:`MCMC` takes Pyro's constructor arguments and offers its ``run``,
+``get_samples(group_by_chain=...)``, ``summary`` and ``diagnostics``, plus
+``chain_method``:
+
+- ``"parallel"`` (default): Pyro's own behaviour (one process per chain when there are
+  enough CPUs, one after another otherwise);
+- ``"vectorized"``: all ``num_chains`` chains advance in one process as a batch dimension.
+  The kernel evaluates the model once per step for every chain (under a chain plate, see
+  :mod:`pyro_dgm.inference.chain_model`), draws are written into preallocated tensors on the
+  device, and nothing is copied to the host until the run ends, so there is no host–device
+  synchronization per step. Kernels with ``vectorizable = True``
+  (:class:`~pyro_dgm.inference.RandomWalkMH`, :class:`~pyro_dgm.inference.Gibbs`) run this
+  way; others (NUTS, HMC), and models that do not broadcast over a chain dimension, fall back
+  to Pyro's behaviour with a warning.
+
+Chains of a vectorized run share the warm-up adaptation (pooled within-chain covariance, one
+step size); after warm-up every chain is an independent Markov chain with the same kernel.
+Data with a leading dimension of size ``num_chains`` gives every chain its own data set.
+
+Example::
+
+    >>> mcmc = MCMC(RandomWalkMH(model), num_samples=1000, warmup_steps=1000, num_chains=64,
+    ...             chain_method="vectorized")
+    >>> mcmc.run(x, y)
+    >>> mcmc.get_samples(group_by_chain=True)["beta"].shape    # (64, 1000, 11)
+    >>> idata = pyro_dgm.compare.from_mcmc(mcmc)                # r_hat, ess via ArviZ
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+
+import pyro
+import pyro.infer.mcmc.api as pyro_api
+import torch
+from pyro import poutine
+from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
+from tqdm.auto import tqdm
+
+from pyro_dgm._validation import check_choice, check_int
+from pyro_dgm.inference.chain_model import NotVectorizable
+
+__all__ = ["CHAIN_METHODS", "MCMC", "VectorizedKernel"]
+
+CHAIN_METHODS = ("parallel", "vectorized")
+
+
+class VectorizedKernel(MCMCKernel):
+    """An MCMC kernel that runs one chain under :class:`pyro.infer.MCMC` (``setup``,
+    ``sample``) and also a batch of chains under :class:`MCMC` with
+    ``chain_method="vectorized"``:
+
+    - ``setup_chains(num_chains, warmup_steps, args, kwargs, initial_params)`` prepares the
+      batch (``initial_params`` with a leading chain dim) and may raise
+      :class:`~pyro_dgm.inference.NotVectorizable`;
+    - ``initial_params`` and ``sample(params)`` then carry the chain dimension;
+    - ``chain_diagnostics()`` returns one dict per chain.
+
+    ``initial_params`` set by the user (unconstrained values) are kept for every set-up.
+    """
+
+    vectorizable = True
+    _initial_params = None
+    _user_init = None
+
+    @property
+    def initial_params(self):
+        return self._initial_params
+
+    @initial_params.setter
+    def initial_params(self, params):
+        self._user_init = params
+        self._initial_params = params
+
+    def chain_diagnostics(self) -> list[dict]:
+        raise NotImplementedError
+
+    def diagnostics(self):
+        return self.chain_diagnostics()[0]
+
+
+class MCMC(pyro_api.MCMC):
+    """:class:`pyro.infer.MCMC` plus ``chain_method="vectorized"``.
+
+    :param kernel: an MCMC kernel; vectorized chains need one with ``vectorizable = True``.
+    :param num_samples: draws kept per chain.
+    :param warmup_steps: adaptation steps per chain (default ``num_samples``).
+    :param initial_params: unconstrained initial values, leading dim ``num_chains`` (no
+        leading dim when ``num_chains == 1``).
+    :param num_chains: number of chains, at least 1.
+    :param chain_method: ``"parallel"`` (Pyro's behaviour) or ``"vectorized"``.
+    :param hook_fn: ``hook_fn(kernel, params, stage, i)`` after every step; under vectorized
+        chains ``params`` carry the chain dimension.
+
+    The other arguments are Pyro's (``mp_context``, ``disable_progbar``,
+    ``disable_validation``, ``transforms``, ``save_params``).
+    """
+
+    def __init__(self, kernel, num_samples, warmup_steps=None, initial_params=None,
+                 num_chains=1, hook_fn=None, mp_context=None, disable_progbar=False,
+                 disable_validation=True, transforms=None, save_params=None, *,
+                 chain_method="parallel"):
+        num_samples = check_int("num_samples", num_samples, minimum=1)
+        num_chains = check_int("num_chains", num_chains, minimum=1)
+        if warmup_steps is not None:
+            warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+        self.chain_method = check_choice("chain_method", chain_method, CHAIN_METHODS)
+        self._pyro_kwargs = dict(
+            kernel=kernel, num_samples=num_samples, warmup_steps=warmup_steps,
+            initial_params=initial_params, num_chains=num_chains, hook_fn=hook_fn,
+            mp_context=mp_context, disable_progbar=disable_progbar,
+            disable_validation=disable_validation, transforms=transforms,
+            save_params=save_params)
+        self.vectorized = chain_method == "vectorized"
+        if self.vectorized and not getattr(kernel, "vectorizable", False):
+            warnings.warn(f"chain_method='vectorized': {type(kernel).__name__} cannot advance "
+                          "chains as a batch; falling back to pyro.infer.MCMC's chain handling",
+                          UserWarning, stacklevel=2)
+            self.vectorized = False
+        if not self.vectorized:
+            super().__init__(**self._pyro_kwargs)
+            return
+        pyro_api.AbstractMCMC.__init__(self, kernel, num_chains, transforms)
+        self.num_samples = num_samples
+        self.warmup_steps = num_samples if warmup_steps is None else warmup_steps
+        self.disable_validation = disable_validation
+        self.disable_progbar = disable_progbar
+        self.hook_fn = hook_fn
+        self.save_params = save_params
+        if initial_params is not None:
+            if num_chains == 1:
+                initial_params = {k: v.unsqueeze(0) for k, v in initial_params.items()}
+            self._validate_initial_params(initial_params)
+        self.initial_params = initial_params
+        self._samples = None
+        self._args = None
+        self._kwargs = None
+        self._diagnostics = [None] * num_chains
+
+    def run(self, *args, **kwargs):
+        """Run the chains on ``model(*args, **kwargs)`` and keep the draws."""
+        if not self.vectorized:
+            return super().run(*args, **kwargs)
+        try:
+            with poutine.block():
+                self._run_vectorized(args, kwargs)
+        except NotVectorizable as e:
+            warnings.warn(f"chain_method='vectorized': {e}; falling back to pyro.infer.MCMC's "
+                          "chain handling", UserWarning, stacklevel=2)
+            self.vectorized = False
+            super().__init__(**self._pyro_kwargs)
+            return super().run(*args, **kwargs)
+
+    def _run_vectorized(self, args, kwargs):
+        self._args, self._kwargs = args, kwargs
+        kernel, C = self.kernel, self.num_chains
+        validation = (pyro.validation_enabled(not self.disable_validation)
+                      if self.disable_validation is not None else nullcontext())
+        args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
+        with validation:
+            kernel.setup_chains(C, self.warmup_steps, args, kwargs,
+                                initial_params=self.initial_params)
+            params = kernel.initial_params
+            names = list(self.save_params) if self.save_params is not None else sorted(params)
+            buffers = {k: params[k].new_empty((self.num_samples,) + params[k].shape)
+                       for k in names}
+            total = self.warmup_steps + self.num_samples
+            bar = tqdm(total=total, disable=self.disable_progbar, desc="Warmup", leave=False)
+            tick = max(total // 100, 1)
+            for i in range(total):
+                params = kernel.sample(params)
+                warm = i < self.warmup_steps
+                if self.hook_fn is not None:
+                    self.hook_fn(kernel, params, "Warmup" if warm else "Sample",
+                                 i if warm else i - self.warmup_steps)
+                if not warm:
+                    for k in names:
+                        buffers[k][i - self.warmup_steps] = params[k]
+                if (i + 1) % tick == 0 or i + 1 == total:
+                    bar.update((i + 1) - bar.n)
+                    if i + 1 == self.warmup_steps:
+                        bar.set_description("Sample")
+            bar.close()
+        if self.transforms is None:
+            self.transforms = getattr(kernel, "transforms", None) or {}
+        samples = {}
+        for k, buf in buffers.items():
+            z = buf.transpose(0, 1)  # (chain, draw, ...)
+            if k in self.transforms:
+                z = self.transforms[k].inv(z)
+            samples[k] = z.contiguous()
+        self._samples = samples
+        self._diagnostics = kernel.chain_diagnostics()
+

@@ -1,0 +1,345 @@
+r"""Adaptive random-walk Metropolis–Hastings for Pyro models.
+
+In the unconstrained space of the model's latent sites (the transforms HMC uses), the chain
+at :math:`u` proposes :math:`u' = u + h L\varepsilon`, :math:`\varepsilon\sim\mathcal N(0, I)`,
+and accepts with probability
+
+.. math::
+
+    \alpha(u, u') = \min\{1, \exp(U(u) - U(u'))\},
+    \qquad U(u) = -\log p(x, T^{-1}(u)) - \log\lvert\det J_{T^{-1}}(u)\rvert,
+
+the potential energy of Pyro's :func:`~pyro.infer.mcmc.util.initialize_model`. During warm-up
+the step size :math:`h` follows Robbins–Monro towards acceptance 0.234 (Roberts, Gelman &
+Gilks 1997) and :math:`LL^\top` is the covariance of warm-up draws (Haario, Saksman &
+Tamminen 2001), dense or diagonal; see :mod:`pyro_dgm.inference.adaptation`. After warm-up
+the kernel is fixed, so the chain is an exact Metropolis–Hastings chain for the posterior.
+
+:class:`RandomWalkMH` runs one chain under :class:`pyro.infer.MCMC` unchanged (discrete
+latent sites are then enumerated away as for NUTS), and all chains at once as a batch under
+:class:`pyro_dgm.inference.MCMC` with ``chain_method="vectorized"``.
+
+Example::
+
+    >>> def model(y):
+    ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    ...     with pyro.plate("data", len(y)):
+    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> mcmc = pyro.infer.MCMC(RandomWalkMH(model), num_samples=2000, warmup_steps=1000)
+    >>> mcmc.run(y)
+    >>> vec = pyro_dgm.inference.MCMC(RandomWalkMH(model), num_samples=1000, num_chains=64,
+    ...                               chain_method="vectorized")
+    >>> vec.run(y)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from pyro import poutine
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_uniform
+from pyro.infer.mcmc.util import initialize_model
+
+from pyro_dgm.inference.adaptation import ProposalAdapter
+from pyro_dgm.inference.chain_model import (
+    ChainModel,
+    NotVectorizable,
+    describe_nonfinite,
+    site_log_prob,
+)
+from pyro_dgm.inference.mcmc import VectorizedKernel
+
+__all__ = ["RandomWalkMH"]
+
+
+
+class RandomWalkMH(VectorizedKernel):
+    r"""Random-walk Metropolis–Hastings with an adapted Gaussian proposal.
+
+    :param model: a Pyro model; or give ``potential_fn``.
+    :param potential_fn: :math:`U` of a dict of unconstrained tensors; needs
+        ``initial_params``. Under ``chain_method="vectorized"`` it receives tensors with a
+        leading chain dimension and returns one value per chain.
+    :param step_size: initial step size :math:`h` (default :math:`2.38/\sqrt D`).
+    :param target_accept: acceptance probability the step size is tuned to, in (0, 1).
+    :param covariance: ``"dense"`` or ``"diag"`` adapted proposal covariance, or
+        ``"identity"`` (step size only).
+    :param adapt_step_size: tune :math:`h` during warm-up.
+    :param init_strategy: per-site initialization (Pyro's ``init_to_*``).
+    :param transforms: site -> transform to unconstrained space (default: as HMC).
+    :param max_plate_nesting: the model's plate nesting (default: found by tracing).
+    """
+
+    def __init__(self, model=None, potential_fn=None, *, step_size: float | None = None,
+                 target_accept: float = 0.234, covariance: str = "dense",
+                 adapt_step_size: bool = True, init_strategy=init_to_uniform,
+                 transforms: dict | None = None, max_plate_nesting: int | None = None):
+        if (model is None) == (potential_fn is None):
+            raise ValueError("RandomWalkMH: pass exactly one of model and potential_fn")
+        # validates step_size, target_accept and covariance now rather than at run time
+        ProposalAdapter(1, 0, covariance=covariance, target_accept=target_accept,
+                        step_size=step_size)
+        self.model = model
+        self.potential_fn = potential_fn
+        self.step_size = step_size
+        self.target_accept = target_accept
+        self.covariance = covariance
+        self.adapt_step_size = adapt_step_size
+        self.init_strategy = init_strategy
+        self.transforms = transforms
+        self._user_transforms = transforms
+        self.max_plate_nesting = max_plate_nesting
+        self._t = 0
+        super().__init__()
+
+    # -- Pyro's kernel API: one chain ------------------------------------------------------
+    def setup(self, warmup_steps, *args, **kwargs):
+        """Prepare one chain (called by :class:`pyro.infer.MCMC`)."""
+        self._vectorized = False
+        user_init = self._user_init
+        if self.model is not None:
+            try:
+                init, potential, transforms, _ = initialize_model(
+                    self.model, model_args=args, model_kwargs=kwargs,
+                    transforms=self._user_transforms, max_plate_nesting=self.max_plate_nesting,
+                    init_strategy=self.init_strategy, initial_params=user_init)
+            except ValueError as e:
+                if "initial params" not in str(e):
+                    raise
+                raise ValueError(
+                    "RandomWalkMH: non-finite log density at every initial point tried: "
+                    + self._explain_single(args, kwargs)) from None
+            self.transforms = transforms
+        else:
+            if user_init is None:
+                raise ValueError("initial_params: required when RandomWalkMH is given a "
+                                 "potential_fn")
+            init, potential = user_init, self.potential_fn
+            self.transforms = self._user_transforms or {}
+        init = {k: v.detach() for k, v in init.items()}
+        with torch.no_grad():
+            energy = potential(init)
+        if not bool(torch.isfinite(energy)):
+            where = (self._explain_single(args, kwargs, init) if self.model is not None
+                     else "potential_fn")
+            raise ValueError(f"initial_params: non-finite log density at the initial point: "
+                             f"{where}")
+        self._initial_params = init
+
+        def batched_potential(params):
+            return potential({k: v[0] for k, v in params.items()}).reshape(1)
+
+        self._start({k: v.unsqueeze(0) for k, v in init.items()}, batched_potential,
+                    warmup_steps)
+
+    def _explain_single(self, args, kwargs, init=None) -> str:
+        """Name the sites with a non-finite log density (one un-vectorized trace)."""
+        model = self.model
+        if init is not None:
+            constrained = {k: self.transforms[k].inv(v) if k in self.transforms else v
+                           for k, v in init.items()}
+            model = poutine.condition(model, data=constrained)
+        else:
+            model = InitMessenger(self.init_strategy)(model)
+        with torch.no_grad(), poutine.block():
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+        bad = [name for name, node in trace.nodes.items()
+               if node["type"] == "sample" and not torch.isfinite(site_log_prob(node)).all()]
+        return f"site {bad[0]!r}" if bad else "the log |Jacobian| of the transforms"
+
+    # -- vectorized chains ---------------------------------------------------------------------
+    def setup_chains(self, num_chains: int, warmup_steps: int, args: tuple = (),
+                     kwargs: dict | None = None, initial_params: dict | None = None):
+        """Prepare ``num_chains`` chains advancing as one batch (used by
+        :class:`pyro_dgm.inference.MCMC`); ``initial_params`` have a leading chain dim.
+
+        :raises NotVectorizable: the model does not broadcast over chains, or has discrete
+            latent sites (enumerating them needs one chain at a time).
+        """
+        self._vectorized = True
+        kwargs = kwargs or {}
+        if self.potential_fn is not None:
+            if initial_params is None:
+                raise ValueError("initial_params: required when RandomWalkMH is given a "
+                                 "potential_fn")
+            self.transforms = self._user_transforms or {}
+            init = {k: v.detach() for k, v in initial_params.items()}
+            potential = self.potential_fn
+            with torch.no_grad():
+                energy = potential(init)
+            if not bool(torch.isfinite(energy).all()):
+                raise ValueError("initial_params: non-finite log density at the initial point: "
+                                 "potential_fn")
+        else:
+            cm = ChainModel(self.model, args, kwargs, num_chains,
+                            max_plate_nesting=self.max_plate_nesting)
+            for name, site in cm.sites.items():
+                if site.discrete:
+                    raise NotVectorizable(
+                        f"site {name!r} is discrete: vectorized RandomWalkMH cannot enumerate "
+                        "it (use Gibbs, or one chain per process)")
+                if site.to_constrained is None:
+                    raise ValueError(f"site {name!r}: its support {site.to_constrained} has "
+                                     "no transform to unconstrained space")
+                if self._user_transforms and name in self._user_transforms:
+                    site.to_constrained = self._user_transforms[name].inv
+            self.transforms = {name: s.to_constrained.inv for name, s in cm.sites.items()}
+            potential = self._chain_potential(cm)
+            init = self._chain_init(cm, potential, initial_params)
+        self._initial_params = init
+        self._start(init, potential, warmup_steps)
+
+    def _chain_potential(self, cm: ChainModel):
+        sites = cm.sites
+
+        def potential(params):
+            values, ladj = {}, 0.0
+            for name, u in params.items():
+                x, j = cm.constrain(name, u)
+                values[name] = x.reshape(sites[name].padded)
+                ladj = ladj + j.reshape(cm.num_chains, -1).sum(-1)
+            return -(cm.log_joint(values) + ladj)
+
+        return potential
+
+    def _chain_init(self, cm: ChainModel, potential, initial_params):
+        C = cm.num_chains
+
+        def unconstrained(values):
+            return {k: cm.unconstrain(k, v).reshape((C,) + cm.sites[k].unconstrained_shape)
+                    for k, v in values.items()}
+
+        def constrained(params):
+            return {k: cm.constrain(k, v)[0].reshape(cm.sites[k].padded)
+                    for k, v in params.items()}
+
+        if initial_params is not None:
+            init = {k: v.detach() for k, v in initial_params.items()}
+            if not bool(torch.isfinite(potential(init)).all()):
+                raise ValueError("initial_params: non-finite log density at the initial point: "
+                                 + describe_nonfinite(cm, constrained(init)))
+            return init
+        init = unconstrained(cm.valid_init_values(self.init_strategy, what="RandomWalkMH"))
+        if not bool(torch.isfinite(potential(init)).all()):
+            raise ValueError("RandomWalkMH: non-finite log |Jacobian| at the initial point")
+        return init
+
+    # -- the sampler proper (a batch of C >= 1 chains) -------------------------------------
+    def _start(self, params: dict, potential, warmup_steps: int) -> None:
+        self._names = sorted(params)
+        first = params[self._names[0]] if self._names else None
+        self._num_chains = first.shape[0] if first is not None else 1
+        self._shapes = [params[k].shape[1:] for k in self._names]
+        self._sizes = [s.numel() for s in self._shapes]
+        self._potential = potential
+        self._warmup_steps = warmup_steps
+        z = self._flatten(params)
+        self.adapter = ProposalAdapter(max(z.shape[-1], 1), warmup_steps,
+                                       covariance=self.covariance,
+                                       target_accept=self.target_accept,
+                                       step_size=self.step_size,
+                                       adapt_step_size=self.adapt_step_size)
+        self._state = self.adapter.init(self._num_chains, dtype=z.dtype, device=z.device)
+        self._z = z
+        with torch.no_grad():
+            self._energy = potential(params).detach()
+        self._t = 0
+        self._accept_count = torch.zeros(self._num_chains, dtype=z.dtype, device=z.device)
+        self._accept_prob_sum = torch.zeros((), dtype=z.dtype, device=z.device)  # warm-up
+        self._scale = None
+        self._last = None
+
+    def _flatten(self, params: dict) -> torch.Tensor:
+        if not self._names:  # a model without latent sites
+            return torch.zeros(self._num_chains, 0)
+        C = params[self._names[0]].shape[0]
+        return torch.cat([params[k].reshape(C, -1) for k in self._names], dim=-1)
+
+    def _unflatten(self, z: torch.Tensor) -> dict:
+        out, pos = {}, 0
+        for name, shape, size in zip(self._names, self._shapes, self._sizes, strict=True):
+            out[name] = z[:, pos:pos + size].reshape(z.shape[:1] + shape)
+            pos += size
+        return out
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        if self._t >= self._warmup_steps:
+            self._fixed_step()
+            return
+        state = self._state
+        proposal = self.adapter.propose(state, self._z)
+        energy = self._potential(self._unflatten(proposal))
+        log_alpha = torch.nan_to_num(self._energy - energy, nan=-math.inf)
+        accept = torch.rand_like(log_alpha).log() < log_alpha
+        self._z = torch.where(accept.unsqueeze(-1), proposal, self._z)
+        self._energy = torch.where(accept, energy, self._energy)
+        accept_prob = log_alpha.clamp(max=0.0).exp()
+        self._state = self.adapter.adapt(state, self._t, self._z, accept_prob)
+        self._accept_prob_sum += accept_prob.mean()
+        self._t += 1
+        if self._t == self._warmup_steps:
+            self._scale = self.adapter.scaled_factor(self._state)
+
+    def _fixed_step(self) -> None:
+        """After warm-up: the bare MH step (NaN energies compare false: rejected)."""
+        if self._scale is None:  # no warm-up at all
+            self._scale = self.adapter.scaled_factor(self._state)
+        proposal = self._z + self.adapter.apply(self._scale, torch.randn_like(self._z))
+        energy = self._potential(self._unflatten(proposal))
+        accept = torch.rand_like(energy).log() < self._energy - energy
+        self._z = torch.where(accept.unsqueeze(-1), proposal, self._z)
+        self._energy = torch.where(accept, energy, self._energy)
+        self._accept_count += accept
+        self._t += 1
+
+    def sample(self, params):
+        """One Metropolis–Hastings step from ``params`` (batched under vectorized chains)."""
+        if params is not self._last and self._names:  # moved by someone else: re-score
+            batched = params if self._vectorized else {k: v.unsqueeze(0)
+                                                       for k, v in params.items()}
+            self._z = self._flatten(batched)
+            with torch.no_grad():
+                self._energy = self._potential(batched)
+        if self._names:
+            self._step()
+        out = self._unflatten(self._z)
+        if not self._vectorized:
+            out = {k: v[0] for k, v in out.items()}
+        self._last = out
+        return out
+
+    def potential_energy(self, params: dict) -> torch.Tensor:
+        """:math:`U` of ``params`` (unconstrained, batched like :meth:`sample`'s) after set-up:
+        one value per chain under vectorized chains."""
+        batched = params if self._vectorized else {k: v.unsqueeze(0) for k, v in params.items()}
+        with torch.no_grad():
+            energy = self._potential(batched)
+        return energy if self._vectorized else energy[0]
+
+    # -- diagnostics --------------------------------------------------------------------------
+    @property
+    def current_step_size(self) -> float:
+        return float(self._state.log_step.exp())
+
+    def logging(self):
+        return OrderedDict([
+            ("step size", f"{self.current_step_size:.2e}"),
+            ("acc. prob", f"{self._acceptance():.3f}"),
+        ])
+
+    def _acceptance(self) -> float:
+        """Mean acceptance probability during warm-up, acceptance rate after it."""
+        if self._t <= self._warmup_steps:
+            return float(self._accept_prob_sum) / max(self._t, 1)
+        return float(self._accept_count.mean()) / (self._t - self._warmup_steps)
+
+    def chain_diagnostics(self) -> list[dict]:
+        """Per chain: ``divergences`` (none), ``acceptance rate`` after warm-up, ``step size``."""
+        draws = max(self._t - self._warmup_steps, 1)
+        rates = (self._accept_count / draws).tolist()
+        step = self.current_step_size
+        return [{"divergences": [], "acceptance rate": r, "step size": step} for r in rates]
+
