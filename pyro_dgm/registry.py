@@ -46,6 +46,7 @@ BUILTIN_MODULES = [
     "pyro_dgm.compare.problems",
     "pyro_dgm.inference.methods_flows",
     "pyro_dgm.inference.methods_vi",
+    "pyro_dgm.inference.methods_mcmc",
     "pyro_dgm.models.bnn_problems",
 ]
 

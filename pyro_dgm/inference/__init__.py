@@ -1,5 +1,14 @@
 """Objectives, guides and MCMC kernels that plug into Pyro's ``SVI`` and ``MCMC``.
 
+MCMC:
+
+- :class:`RandomWalkMH`: adaptive random-walk Metropolis–Hastings (step size towards
+  acceptance 0.234, proposal covariance from warm-up draws);
+- :class:`Gibbs`: Gibbs sampling with exact conditionals of discrete sites, MH within Gibbs
+  for continuous sites, or user conditionals;
+- :class:`MCMC`: :class:`pyro.infer.MCMC` with ``chain_method="vectorized"`` (all chains
+  as one batch).
+
 Objectives for :class:`pyro.infer.SVI` (each also an ``nn.Module`` via ``objective(model,
 guide)``) and evaluation (``docs/objectives.md``):
 
@@ -11,7 +20,23 @@ guide)``) and evaluation (``docs/objectives.md``):
 - :func:`log_marginal_likelihood`: importance-sampled log p(x) per data point, chunked.
 """
 
-__all__: list[str] = []
+from pyro_dgm.inference.adaptation import ProposalAdapter, ProposalState, adaptation_windows
+from pyro_dgm.inference.chain_model import ChainModel, NotVectorizable
+from pyro_dgm.inference.gibbs import Gibbs
+from pyro_dgm.inference.mcmc import MCMC, VectorizedKernel
+from pyro_dgm.inference.random_walk_mh import RandomWalkMH
+
+__all__ = [
+    "MCMC",
+    "ChainModel",
+    "Gibbs",
+    "NotVectorizable",
+    "ProposalAdapter",
+    "ProposalState",
+    "RandomWalkMH",
+    "VectorizedKernel",
+    "adaptation_windows",
+]
 
 # normalizing-flow guides (planar, radial, IAF, Real NVP): global and amortized
 from pyro_dgm.inference.flows import (  # noqa: E402

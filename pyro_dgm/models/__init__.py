@@ -5,6 +5,7 @@ from pyro_dgm.models.dlgm import DLGM, DLGMGuide
 from pyro_dgm.models.fa_exact import ExactPosteriorGuide, fa_posterior
 from pyro_dgm.models.fa_marginal import FAMarginal, fa_log_marginal
 from pyro_dgm.models.factor_analysis import FactorAnalysis, FAData
+from pyro_dgm.models.gaussian_mixture import GaussianMixture, MixtureData, SortedNormal
 from pyro_dgm.models.plates import data_plate
 from pyro_dgm.models.rbm import RBM
 
@@ -16,7 +17,10 @@ __all__ = [
     "FAData",
     "FAMarginal",
     "FactorAnalysis",
+    "GaussianMixture",
+    "MixtureData",
     "RBM",
+    "SortedNormal",
     "data_plate",
     "fa_log_marginal",
     "fa_posterior",
