@@ -30,6 +30,8 @@ class ModelInfo:
     batch_ndim: dict[str, int]  # site -> number of batch dims
     dims: dict[str, list[str]]  # site -> ArviZ dim names of the value
     max_plate_nesting: int
+    #: latent site -> dtype of its values (discrete draws may be stored as floats)
+    dtypes: dict[str, torch.dtype] | None = None
 
 
 def _site_dims(name: str, site: dict) -> list[str]:
@@ -47,7 +49,7 @@ def model_info(model, args: tuple = (), kwargs: dict | None = None) -> ModelInfo
     kwargs = kwargs or {}
     with torch.no_grad(), poutine.block():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
-    latent, observed, batch_ndim, dims = {}, {}, {}, {}
+    latent, observed, batch_ndim, dims, dtypes = {}, {}, {}, {}, {}
     nesting = 0
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
@@ -63,13 +65,22 @@ def model_info(model, args: tuple = (), kwargs: dict | None = None) -> ModelInfo
             observed[name] = site["value"].detach()
         else:
             latent[name] = site["value"].shape
-    return ModelInfo(latent, observed, batch_ndim, dims, nesting)
+            dtypes[name] = site["value"].dtype
+    return ModelInfo(latent, observed, batch_ndim, dims, nesting, dtypes)
 
 
 def _pad(value: torch.Tensor, info: ModelInfo, name: str) -> torch.Tensor:
     """Reshape ``(S, *site_shape)`` so the draw dim sits left of every plate dim."""
     pad = info.max_plate_nesting - info.batch_ndim[name]
-    return value.reshape(value.shape[:1] + (1,) * pad + value.shape[1:])
+    return _as_site_dtype(value.reshape(value.shape[:1] + (1,) * pad + value.shape[1:]),
+                          info, name)
+
+
+def _as_site_dtype(value: torch.Tensor, info: ModelInfo, name: str) -> torch.Tensor:
+    """Cast a draw back to the dtype the model produces (Gibbs stores discrete draws as
+    floats; a model may index with them)."""
+    dtype = (info.dtypes or {}).get(name)
+    return value if dtype is None or value.dtype == dtype else value.to(dtype)
 
 
 def _score_vectorized(model, draws, info, args, kwargs):
@@ -96,7 +107,7 @@ def _score_loop(model, draws, info, args, kwargs):
     pointwise = {name: [] for name in info.observed}
     lps = []
     for s in range(num):
-        data = {name: v[s] for name, v in draws.items()}
+        data = {name: _as_site_dtype(v[s], info, name) for name, v in draws.items()}
         with torch.no_grad(), poutine.block():
             trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
         lps.append(trace.log_prob_sum())

@@ -184,3 +184,21 @@ def test_from_guide_bad_input(data):
 
     with pytest.raises(ValueError, match="beta"):
         from_guide(regression, partial_guide, x, y, num_samples=3)
+
+
+def test_discrete_draws_stored_as_floats_are_cast_back_for_scoring():
+    from pyro_dgm.compare import to_inference_data
+
+    locs = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64)
+
+    def model(y):
+        k = pyro.sample("k", dist.Categorical(logits=torch.zeros(3, dtype=torch.float64)))
+        with pyro.plate("data", y.shape[0]):
+            pyro.sample("y", dist.Normal(locs[k], 1.0), obs=y)
+
+    y = torch.tensor([2.5, 3.5], dtype=torch.float64)
+    info = model_info(model, (y,), {})
+    draws = {"k": torch.tensor([[0.0, 2.0, 1.0]], dtype=torch.float64)}  # as Gibbs stores them
+    idata = to_inference_data(draws, info, model=model, args=(y,))
+    expected = dist.Normal(locs[2], 1.0).log_prob(y).numpy()
+    assert np.allclose(idata.log_likelihood["y"][0, 1].values, expected)
