@@ -47,7 +47,7 @@ from torch.distributions.transforms import IndependentTransform, identity_transf
 
 from pyro_dgm._validation import check_int, check_positive
 from pyro_dgm.inference.flows.distribution import FlowDistribution
-from pyro_dgm.inference.flows.stack import build_flows, check_flow_args
+from pyro_dgm.inference.flows.stack import FLOWS, build_flows, check_flow_args
 from pyro_dgm.models.plates import data_plate
 
 __all__ = ["AmortizedFlowGuide"]
@@ -114,7 +114,7 @@ class AmortizedFlowGuide(AutoGuide):
     @property
     def invertible(self) -> bool:
         """Whether the guide can score arbitrary values of its sites."""
-        return self.flow is None or self.flow in ("iaf", "realnvp")
+        return self.flow is None or FLOWS[self.flow].invertible
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
@@ -159,7 +159,7 @@ class AmortizedFlowGuide(AutoGuide):
             return kwargs["x"]
         raise ValueError("AmortizedFlowGuide needs the data as the first argument or x=")
 
-    def _build(self, batch: torch.Tensor, context: torch.Tensor) -> None:
+    def _build(self, context: torch.Tensor) -> None:
         c = context.shape[-1]
         for name, (event, _) in self._sites.items():
             d = max(math.prod(event), 1)
@@ -198,7 +198,7 @@ class AmortizedFlowGuide(AutoGuide):
                 raise ValueError(f"encoder must map the batch to (rows, context), got "
                                  f"{tuple(context.shape)} for {batch.shape[0]} rows")
             if not self.heads:
-                self._build(batch, context)
+                self._build(context)
             # put the plate's dim in place: (B, 1, ..., 1, c)
             context = context.reshape(context.shape[:1] + (1,) * (-1 - frame.dim)
                                       + context.shape[-1:])
