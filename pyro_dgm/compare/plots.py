@@ -57,6 +57,11 @@ def plot_posteriors(
         axes = arviz.plot_density(data, data_labels=names, var_names=list(var_names),
                                   hdi_prob=hdi_prob, shade=0.1, show=False)
     ax = axes.ravel()[0] if hasattr(axes, "ravel") else axes
+    for each in ax.figure.axes:
+        # legend loc="best" scans every plotted point on each draw: very slow for KDEs
+        legend = each.get_legend()
+        if legend is not None:
+            legend.set_loc("upper right")
     return ax.figure
 
 
