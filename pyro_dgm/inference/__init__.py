@@ -18,47 +18,47 @@ guide)``) and evaluation (``docs/objectives.md``):
 - :class:`PerturbativeELBO`: the perturbative bound of Bamler et al. (2017), odd order,
   closed-form reference energy;
 - :func:`log_marginal_likelihood`: importance-sampled log p(x) per data point, chunked.
+
+Guides: :class:`FlowGuide` (normalizing flow over all latents) and
+:class:`AmortizedFlowGuide` (encoder + conditional planar/radial/IAF/Real NVP flows for
+local latents), see ``docs/flows.md``.
 """
 
+from pyro_dgm.inference._particles import BiasedSubsampleWarning, NonFiniteLossError
 from pyro_dgm.inference.adaptation import ProposalAdapter, ProposalState, adaptation_windows
 from pyro_dgm.inference.chain_model import ChainModel, NotVectorizable
-from pyro_dgm.inference.gibbs import Gibbs
-from pyro_dgm.inference.mcmc import MCMC, VectorizedKernel
-from pyro_dgm.inference.random_walk_mh import RandomWalkMH
-
-__all__ = [
-    "MCMC",
-    "ChainModel",
-    "Gibbs",
-    "NotVectorizable",
-    "ProposalAdapter",
-    "ProposalState",
-    "RandomWalkMH",
-    "VectorizedKernel",
-    "adaptation_windows",
-]
-
-# normalizing-flow guides (planar, radial, IAF, Real NVP): global and amortized
-from pyro_dgm.inference.flows import (  # noqa: E402
+from pyro_dgm.inference.flows import (
     AmortizedFlowGuide,
     FlowDistribution,
     FlowGuide,
     NotInvertibleError,
 )
+from pyro_dgm.inference.gibbs import Gibbs
+from pyro_dgm.inference.iwae import IWAE, importance_resample
+from pyro_dgm.inference.log_likelihood import LogLikelihood, log_marginal_likelihood
+from pyro_dgm.inference.mcmc import MCMC, VectorizedKernel
+from pyro_dgm.inference.perturbative import PerturbativeELBO
+from pyro_dgm.inference.random_walk_mh import RandomWalkMH
 
-__all__ += ["AmortizedFlowGuide", "FlowDistribution", "FlowGuide", "NotInvertibleError"]
-
-# importance-weighted and perturbative objectives, importance-sampled log-likelihoods
-from pyro_dgm.inference._particles import (  # noqa: E402
-    BiasedSubsampleWarning,
-    NonFiniteLossError,
-)
-from pyro_dgm.inference.iwae import IWAE, importance_resample  # noqa: E402
-from pyro_dgm.inference.log_likelihood import (  # noqa: E402
-    LogLikelihood,
-    log_marginal_likelihood,
-)
-from pyro_dgm.inference.perturbative import PerturbativeELBO  # noqa: E402
-
-__all__ += ["IWAE", "BiasedSubsampleWarning", "LogLikelihood", "NonFiniteLossError",
-            "PerturbativeELBO", "importance_resample", "log_marginal_likelihood"]
+__all__ = [
+    "AmortizedFlowGuide",
+    "BiasedSubsampleWarning",
+    "ChainModel",
+    "FlowDistribution",
+    "FlowGuide",
+    "Gibbs",
+    "IWAE",
+    "LogLikelihood",
+    "MCMC",
+    "NonFiniteLossError",
+    "NotInvertibleError",
+    "NotVectorizable",
+    "PerturbativeELBO",
+    "ProposalAdapter",
+    "ProposalState",
+    "RandomWalkMH",
+    "VectorizedKernel",
+    "adaptation_windows",
+    "importance_resample",
+    "log_marginal_likelihood",
+]
