@@ -18,7 +18,7 @@ evidence and posterior are known in closed form (:mod:`pyro_dgm.models.fa_exact`
 With ``marginalize_latents=True`` the local latents are integrated out analytically,
 :math:`x_n \sim \mathcal N(\mu, WW^\top + \Psi)` (a low-rank-plus-diagonal Gaussian), which
 leaves the same posterior over :math:`(W, \psi, \mu)` in far fewer dimensions
-(:class:`~pyro_dgm.models.fa_marginal.FAMarginal`).
+(a low-rank-plus-diagonal Gaussian).
 
 Example::
 
@@ -40,7 +40,6 @@ import torch
 from pyro.nn import PyroModule
 
 from pyro_dgm._validation import check_finite_tensor, check_int, check_matrix, check_positive
-from pyro_dgm.models.fa_marginal import FAMarginal
 from pyro_dgm.models.plates import data_plate
 
 __all__ = ["FactorAnalysis", "FAData"]
@@ -215,7 +214,7 @@ class FactorAnalysis(PyroModule):
         loc, W, psi = self._globals(ref)
         with data_plate(x, subsample=subsample, num_data=num_data) as batch:
             if self.marginalize_latents:
-                fn = FAMarginal(loc, W, psi)
+                fn = dist.LowRankMultivariateNormal(loc, W, psi)
             else:
                 zero = ref.new_zeros(())
                 z = pyro.sample("z", dist.Normal(zero, zero + 1.0)
