@@ -13,22 +13,26 @@ Every method gets its own copy of the same initial networks and a ``torch.optim.
 
 Two small float64 experiments complete the record: ``gradient_snr`` (the guide gradient's
 signal-to-noise ratio for IWAE, STL and DReG at K = 1, 8, 64, 512 on the Gaussian toy of
-Rainforth et al. 2018) and
+Rainforth et al. 2018, as in Tucker et al. 2018) and
 ``mass_covering`` (posterior variances of a mean-field guide fitted by KL-VI and by the
 perturbative bound, against the exact ones).
 
-Methods are timed in interleaved rounds (so that load on a shared machine hits all of them
-alike); each figure is the median over rounds of the mean step time, and each ratio the
-median over rounds of the per-round ratio. Pyro validation is off (``--validate`` turns it
+Methods are timed in interleaved rounds, in a shuffled order each round (so that load on a
+shared machine hits all of them alike); each figure is the median over rounds of the mean
+step time, wall clock (``*_ms``) and process CPU time (``*_cpu_ms``, less sensitive to other
+processes), and each ratio the median over rounds of the per-round ratio (``*_cpu``: of CPU
+times). Pyro validation is off (``--validate`` turns it
 on for all Pyro methods).
 
-    python -m benchmarks.objectives            # batch 128/K=50 and batch 16/K=5
-    python -m benchmarks.objectives --quick    # fewer rounds, under a minute
+    python -m benchmarks.objectives                  # everything (a few minutes on 2 cores)
+    python -m benchmarks.objectives --quick          # fewer rounds and draws, under a minute
+    python -m benchmarks.objectives --only timing    # one section: timing, snr or mass
 """
 
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 
@@ -160,47 +164,52 @@ def time_config(data, batch: int, K: int, *, rounds: int, repeat: int, seed: int
     gen = torch.Generator().manual_seed(seed)
     batches = [data[torch.randperm(len(data), generator=gen)[:batch]] for _ in range(64)]
     for step in methods.values():  # warm up (allocator, lazy init)
-        for b in batches[:5]:
+        for b in batches[:3]:
             step(b)
     sync(device)
-    per_round = {name: [] for name in methods}
+    wall = {name: [] for name in methods}
+    cpu = {name: [] for name in methods}
+    order = list(methods)
+    shuffle = random.Random(seed)
     for r in range(rounds):
-        for name, step in methods.items():
-            start = time.perf_counter()
+        shuffle.shuffle(order)  # no method always runs first (or right after another)
+        for name in order:
+            step = methods[name]
+            start, start_cpu = time.perf_counter(), time.process_time()
             for i in range(repeat):
                 step(batches[(r * repeat + i) % len(batches)])
             sync(device)
-            per_round[name].append((time.perf_counter() - start) / repeat)
-    ms = {name: 1e3 * statistics.median(v) for name, v in per_round.items()}
+            wall[name].append((time.perf_counter() - start) / repeat)
+            cpu[name].append((time.process_time() - start_cpu) / repeat)
+    ms = {f"{name}_ms": 1e3 * statistics.median(v) for name, v in wall.items()}
+    ms.update({f"{name}_cpu_ms": 1e3 * statistics.median(v) for name, v in cpu.items()})
 
-    def ratio(a, b):
-        return statistics.median(x / y for x, y in zip(per_round[a], per_round[b], strict=True))
-
-    ratios = {
-        "iwae_vs_renyi": ratio("iwae", "renyi"),
-        "iwae_vs_hand": ratio("iwae", "hand"),
-        "iwae_module_vs_hand": ratio("iwae_module", "hand"),
-        "renyi_vs_hand": ratio("renyi", "hand"),
-        "dreg_vs_iwae": ratio("dreg", "iwae"),
-        "stl_vs_iwae": ratio("stl", "iwae"),
-    }
+    pairs = {"iwae_vs_renyi": ("iwae", "renyi"), "iwae_vs_hand": ("iwae", "hand"),
+             "iwae_module_vs_hand": ("iwae_module", "hand"), "renyi_vs_hand": ("renyi", "hand"),
+             "dreg_vs_iwae": ("dreg", "iwae"), "stl_vs_iwae": ("stl", "iwae")}
+    ratios = {}
+    for key, (a, b) in pairs.items():
+        for label, times in (("", wall), ("_cpu", cpu)):
+            ratios[key + label] = statistics.median(
+                x / y for x, y in zip(times[a], times[b], strict=True))
     return ms, ratios
 
 
 def gradient_snr(*, reps: int, seed: int, particles=(1, 8, 64, 512)) -> dict:
-    """Signal-to-noise ratio of the guide gradient for IWAE, STL and DReG: the mean over
-    the guide's parameters of |mean| / sd over ``reps`` draws, on the Gaussian toy of
-    Rainforth et al. (2018) (z in R^20, p(z) = N(mu, I), p(x | z) = N(z, I), 4 data points)
-    with the optimal amortized guide N(x/2 + mu/2, I/2) perturbed by N(0, 0.1^2) noise;
+    """Signal-to-noise ratio of the guide gradient for IWAE, STL and DReG, |mean| / sd over
+    ``reps`` draws, averaged (``snr``) and its median (``snr_median``) over the guide's
+    parameters, in the setting of Rainforth et al. (2018) and Tucker et al. (2018): z in
+    R^20, p(z) = N(mu, I), p(x | z) = N(z, I), one data point, the optimal amortized guide
+    N(Ax + b, diag s^2) with A = I/2, b = mu/2, s^2 = 1/2 perturbed by N(0, 0.01^2) noise;
     float64. ``dreg_vs_iwae_max_z``: the largest |z| of the difference of the two mean
     gradients over the parameters (small: both unbiased for the same gradient)."""
-    f64, D, N = torch.float64, 20, 4
+    f64, D, N, perturbation = torch.float64, 20, 1, 0.01
     gen = torch.Generator().manual_seed(seed)
     mu = torch.randn(D, generator=gen, dtype=f64)
     x = mu + math.sqrt(2) * torch.randn(N, D, generator=gen, dtype=f64)
-    A = (torch.eye(D, dtype=f64) / 2 + 0.1 * torch.randn(D, D, generator=gen, dtype=f64))
-    b = (mu / 2 + 0.1 * torch.randn(D, generator=gen, dtype=f64))
-    log_s = (math.log(0.5) / 2 + 0.1 * torch.randn(D, generator=gen, dtype=f64))
+    A = torch.eye(D, dtype=f64) / 2 + perturbation * torch.randn(D, D, generator=gen, dtype=f64)
+    b = mu / 2 + perturbation * torch.randn(D, generator=gen, dtype=f64)
+    log_s = math.log(0.5) / 2 + perturbation * torch.randn(D, generator=gen, dtype=f64)
     params = [p.requires_grad_() for p in (A, b, log_s)]
 
     def model(x):
@@ -223,7 +232,9 @@ def gradient_snr(*, reps: int, seed: int, particles=(1, 8, 64, 512)) -> dict:
                 loss = objective.differentiable_loss(model, guide, x)
                 rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
             draws[estimator] = g = torch.stack(rows)
-            out[f"K{K}_snr_{estimator}"] = float((g.mean(0).abs() / g.std(0)).mean())
+            snr = g.mean(0).abs() / g.std(0)
+            out[f"K{K}_snr_{estimator}"] = float(snr.mean())
+            out[f"K{K}_snr_median_{estimator}"] = float(snr.median())
         iwae, dreg = draws["iwae"], draws["dreg"]
         se = (iwae.var(0) / reps + dreg.var(0) / reps).sqrt()
         out[f"K{K}_dreg_vs_iwae_max_z"] = float(((iwae.mean(0) - dreg.mean(0)).abs() / se).max())
@@ -231,10 +242,10 @@ def gradient_snr(*, reps: int, seed: int, particles=(1, 8, 64, 512)) -> dict:
     return out
 
 
-def mass_covering(*, steps: int, seed: int) -> dict:
+def mass_covering(*, steps: int, seed: int, orders=(3, 5)) -> dict:
     """Posterior variances of a mean-field guide fitted by KL-VI and by the perturbative
     bound (order 3, 16 particles), against the exact ones: FA with fixed parameters whose
-    posterior has correlation about -0.75 (6 observed, 2 factors, 16 points), float64."""
+    posterior has correlation about -0.8 (6 observed, 2 factors, 16 points), float64."""
     from pyro.infer import SVI, Trace_ELBO
 
     from pyro_dgm.inference import PerturbativeELBO
@@ -257,11 +268,10 @@ def mass_covering(*, steps: int, seed: int) -> dict:
     out = {"exact_variance": cov.diagonal().tolist(),
            "exact_correlation": float(cov[0, 1] / cov.diagonal().prod().sqrt()),
            "kl_optimum_variance": (1 / torch.linalg.inv(cov).diagonal()).tolist()}
-    objectives = {
-        "kl": Trace_ELBO(num_particles=16, vectorize_particles=True, max_plate_nesting=1),
-        "perturbative_K3": PerturbativeELBO(3, 16, max_plate_nesting=1),
-        "perturbative_K5": PerturbativeELBO(5, 16, max_plate_nesting=1),
-    }
+    objectives = {"kl": Trace_ELBO(num_particles=16, vectorize_particles=True,
+                                   max_plate_nesting=1)}
+    objectives.update({f"perturbative_K{order}": PerturbativeELBO(order, 16, max_plate_nesting=1)
+                       for order in orders})
     for name, objective in objectives.items():
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
@@ -274,30 +284,47 @@ def mass_covering(*, steps: int, seed: int) -> dict:
     return out
 
 
+SECTIONS = ("timing", "snr", "mass")
+
+
 def main(argv=None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--repeat", type=int, default=None, help="steps per method per round")
     p.add_argument("--validate", action="store_true", help="keep Pyro validation on")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default: {','.join(SECTIONS)})")
     args = p.parse_args(argv)
-    rounds = args.rounds or (5 if args.quick else 15)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section(s) {unknown}; valid: {', '.join(SECTIONS)}")
+    rounds = args.rounds or (3 if args.quick else 15)
     device = torch.device(args.device)
     pyro.enable_validation(args.validate)
-    data = load_binarized_digits(device)
     results, ratios = {}, {}
-    for batch, K in CONFIGS:
-        repeat = args.repeat or ((5 if args.quick else 10) if batch >= 64 else
-                                 (20 if args.quick else 50))
-        key = f"batch{batch}_K{K}"
-        ms, rat = time_config(data, batch, K, rounds=rounds, repeat=repeat, seed=args.seed,
-                              device=device)
-        results[key] = {f"{name}_ms": value for name, value in ms.items()}
-        ratios.update({f"{key}_{name}": value for name, value in rat.items()})
-    results["gradient_snr"] = gradient_snr(reps=50 if args.quick else 300, seed=args.seed)
-    results["mass_covering"] = mass_covering(steps=300 if args.quick else 600, seed=args.seed)
-    settings = {"configs": [{"batch": b, "K": k} for b, k in CONFIGS], "rounds": rounds,
-                "latent": LATENT, "hidden": [HIDDEN, HIDDEN], "pyro_validation": args.validate,
-                "dtype": "float32", "optimizer": "torch.optim.Adam(lr=1e-3)"}
+    if "timing" in only:
+        data = load_binarized_digits(device)
+        for batch, K in CONFIGS:
+            repeat = args.repeat or ((3 if args.quick else 10) if batch >= 64 else
+                                     (10 if args.quick else 50))
+            key = f"batch{batch}_K{K}"
+            ms, rat = time_config(data, batch, K, rounds=rounds, repeat=repeat,
+                                  seed=args.seed, device=device)
+            results[key] = ms
+            ratios.update({f"{key}_{name}": value for name, value in rat.items()})
+    if "snr" in only:
+        results["gradient_snr"] = gradient_snr(
+            reps=30 if args.quick else 300, seed=args.seed,
+            particles=(1, 64) if args.quick else (1, 8, 64, 512))
+    if "mass" in only:
+        results["mass_covering"] = mass_covering(
+            steps=200 if args.quick else 600, seed=args.seed,
+            orders=(3,) if args.quick else (3, 5))
+    settings = {"sections": only, "configs": [{"batch": b, "K": k} for b, k in CONFIGS],
+                "rounds": rounds, "latent": LATENT, "hidden": [HIDDEN, HIDDEN],
+                "pyro_validation": args.validate, "dtype": "float32",
+                "optimizer": "torch.optim.Adam(lr=1e-3)"}
     return emit("objectives", results, ratios, settings=settings, device=args.device,
                 out=args.out)
 

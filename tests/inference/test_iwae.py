@@ -208,6 +208,7 @@ def test_path_estimators_with_invertible_flow_and_autoguide(estimator):
     assert max_abs(grads(loss, list(guide.parameters()))) < TOL
 
 
+@pytest.mark.slow
 def test_bound_ordering_on_factor_analysis():
     fa, d = fixed_fa(5, 2, 40)
     guide = perturb(ExactPosteriorGuide(fa), 0.15)
@@ -226,6 +227,7 @@ def test_bound_ordering_on_factor_analysis():
     assert iwae50 < exact
 
 
+@pytest.mark.slow
 def test_minibatch_estimate_is_unbiased_for_full_batch_bound():
     model, guide, d = learnable_problem(n=12)
     N, B, K, reps = 12, 3, 5, 1200
@@ -273,6 +275,7 @@ def gaussian_toy(D=5, N=4, perturbation=0.1, seed=0):
     return model, guide, x
 
 
+@pytest.mark.slow
 def test_dreg_gradient_is_unbiased_with_lower_variance_at_k64():
     model, guide, x = gaussian_toy()
     params = store_params("A", "b", "s")
@@ -295,6 +298,7 @@ def test_dreg_gradient_is_unbiased_with_lower_variance_at_k64():
     assert snr_dreg > 2 * snr_iwae
 
 
+@pytest.mark.slow
 def test_score_function_gradient_of_discrete_guide_is_unbiased():
     """VIMCO-style gradients for a Bernoulli latent against the exact gradient of E[IWAE_K]
     (enumerating all 2**K particle configurations)."""

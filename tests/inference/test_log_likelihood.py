@@ -137,6 +137,7 @@ def peak_bytes(fn) -> int:
     return mode.peak
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_num_samples():
     fa, d = fixed_fa(n=100)
     guide = shifted_guide(fa)
