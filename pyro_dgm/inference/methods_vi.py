@@ -6,8 +6,7 @@
   (:func:`~pyro_dgm.inference.importance_resample`, :data:`IWAE_PARTICLES` guide samples per
   draw): the posterior the IWAE bound implies, closer to the exact one than the guide;
 - ``perturbative``: a mean-field guide (``AutoNormal``) trained on the perturbative bound of
-  order 3 with :data:`PERTURBATIVE_PARTICLES` particles, after a KL-VI warm start over the
-  first half of the steps; draws from the guide. Compare it
+  order 3 with :data:`PERTURBATIVE_PARTICLES` particles; draws from the guide. Compare it
   with ``meanfield`` (the same guide under KL): the paper's claim is mass covering, posterior
   standard deviations closer to the reference than KL-VI's.
 
@@ -24,7 +23,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal, init_to_med
 
 from pyro_dgm.compare._traces import model_info
 from pyro_dgm.compare.export import from_guide, to_inference_data
-from pyro_dgm.compare.methods import default_num_steps, fit_svi, vi_draws
+from pyro_dgm.compare.methods import fit_svi, vi_draws
 from pyro_dgm.inference.iwae import IWAE, importance_resample
 from pyro_dgm.inference.perturbative import PerturbativeELBO
 from pyro_dgm.registry import Problem, Settings, register_method
@@ -81,19 +80,12 @@ def run_iwae_sir(problem: Problem, settings: Settings):
 
 @register_method("perturbative", kind="vi",
                  description="mean-field Gaussian guide on the perturbative bound (order 3, "
-                 f"{PERTURBATIVE_PARTICLES} particles), KL-VI warm start")
+                 f"{PERTURBATIVE_PARTICLES} particles)")
 def run_perturbative(problem: Problem, settings: Settings):
     guide = AutoNormal(problem.model, init_loc_fn=init_to_median, init_scale=0.05)
-    steps = default_num_steps(settings)
-    warm = max(1, steps // 2)
-    # Far from the posterior the log weights spread over hundreds of nats (whole-data
-    # weights with global latents), where the cubic weights f_2(A) chase single particles
-    # and the fit can cross into another mode: start from the KL-VI fit.
-    fit_svi(problem, guide, settings, num_steps=warm, desc="perturbative warm-up")
     loss = PerturbativeELBO(order=3, num_particles=PERTURBATIVE_PARTICLES,
                             vectorize_particles=problem.vectorizable,
                             max_plate_nesting=problem.max_plate_nesting)
-    fit_svi(problem, guide, settings, loss=loss, num_steps=max(1, steps - warm),
-            desc="perturbative")
+    fit_svi(problem, guide, settings, loss=loss, desc="perturbative")
     return _export(problem, guide, settings, f"PerturbativeELBO(order=3, "
                    f"S={PERTURBATIVE_PARTICLES})")
