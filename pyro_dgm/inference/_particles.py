@@ -128,7 +128,7 @@ class Particles:
     biased_plates: tuple = ()
     #: DReG's gradient-scaling weights, to be set by the objective
     holder: _WeightHolder | None = None
-    #: the guide trace of the (first) pass: the particles' values
+    #: the guide trace (of the first particle, when sequential): the particles' values
     guide_trace: object = None
 
     def check_finite(self, value: float, what: str) -> None:
@@ -158,6 +158,12 @@ def _reduce(log_prob, keep: frozenset, ndim: int) -> torch.Tensor:
         log_prob = log_prob.reshape((1,) * -extra + log_prob.shape)
     dims = tuple(d for d in range(-ndim, 0) if d not in keep and log_prob.shape[d] != 1)
     return log_prob.sum(dims, keepdim=True) if dims else log_prob
+
+
+def _plate_nesting(sites) -> int:
+    """How many plate dims the (name, site) pairs use."""
+    return max((-f.dim for _, s in sites for f in s["cond_indep_stack"] if f.vectorized),
+               default=0)
 
 
 def _sample_sites(trace):
@@ -300,9 +306,8 @@ def _one_pass(p: _Pass, *, proposal: str, require_reparam: str | None):
     guide_sites = _sample_sites(guide_trace) if guide_trace is not None else []
     all_sites = model_sites + guide_sites
     if p.ndim is None:  # sequential particles and unknown nesting: read it off the trace
-        p.ndim = 1 + max((-f.dim for _, s in all_sites for f in s["cond_indep_stack"]
-                          if f.vectorized), default=0)
-        p.max_plate_nesting = p.ndim - 1
+        p.max_plate_nesting = _plate_nesting(all_sites)
+        p.ndim = p.max_plate_nesting + 1
     frames = frozenset.intersection(*(_frames(s) for _, s in all_sites)) if all_sites \
         else frozenset()
     shared_scale = 1.0
@@ -351,7 +356,8 @@ def _one_pass(p: _Pass, *, proposal: str, require_reparam: str | None):
                 score_log_q = t if score_log_q is None else score_log_q + t
     if not torch.is_tensor(log_w):
         raise ValueError("the model has no sample sites to weight")
-    return log_w, score_log_q, terms, frames, shared_scale, tuple(biased), guide_trace
+    return Particles(log_w, shared_scale, score_log_q, terms, tuple(frames), tuple(biased),
+                     p.holder, guide_trace)
 
 
 def guess_plate_nesting(model, guide, args: tuple, kwargs: dict) -> int:
@@ -360,9 +366,8 @@ def guess_plate_nesting(model, guide, args: tuple, kwargs: dict) -> int:
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs) if guide else None
         replayed = poutine.replay(model, trace=guide_trace) if guide else model
         model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-    sites = _sample_sites(model_trace) + (_sample_sites(guide_trace) if guide else [])
-    return max((-f.dim for _, s in sites for f in s["cond_indep_stack"] if f.vectorized),
-               default=0)
+    return _plate_nesting(_sample_sites(model_trace)
+                          + (_sample_sites(guide_trace) if guide else []))
 
 
 def draw_particles(
@@ -403,14 +408,13 @@ def draw_particles(
                   max_plate_nesting=ndim if vectorized else max_plate_nesting)
         results.append(_one_pass(p, proposal=proposal, require_reparam=require_reparam))
         ndim, max_plate_nesting = p.ndim, p.max_plate_nesting  # known after the first pass
-    log_w, score_log_q, terms, frames, scale, biased, guide_trace = results[0]
-    if len(results) > 1:
-        log_w = torch.cat([r[0] for r in results])
-        if score_log_q is not None:
-            score_log_q = torch.cat([r[1] for r in results])
-        terms = {k: torch.cat([r[2][k] for r in results]) for k in terms}
-    return Particles(log_w, scale, score_log_q, terms, tuple(frames), biased, holder,
-                     guide_trace)
+    first = results[0]
+    if len(results) > 1:  # sequential particles: stack them along dim 0
+        first.log_weights = torch.cat([r.log_weights for r in results])
+        if first.score_log_q is not None:
+            first.score_log_q = torch.cat([r.score_log_q for r in results])
+        first.terms = {k: torch.cat([r.terms[k] for r in results]) for k in first.terms}
+    return first
 
 
 class ParticleObjective(ELBO):
