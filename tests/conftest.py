@@ -60,6 +60,16 @@ def _fresh_pyro_state():
     pyro.clear_param_store()
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny networks only pay for intra-op synchronization
+    (and stall on busy hosts). Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tolerance(dtype, float64=1e-8, float32=1e-3):
     """Absolute tolerance appropriate for ``dtype``."""
     return float64 if dtype == torch.float64 else float32

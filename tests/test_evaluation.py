@@ -19,21 +19,24 @@ from pyro_dgm.evaluation import (
 from pyro_dgm.inference import IWAE
 from pyro_dgm.models import DLGM, DLGMGuide, fa_log_marginal
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def trained_2d():
     """A 2-latent Bernoulli VAE briefly trained with IWAE-5 on 300 digits (float64)."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     pyro.set_rng_seed(1)
     x = load_digits(binarize="fixed", max_rows=300, dtype=torch.float64)
+    try:
+        model, guide = _train_2d(x)
+    finally:
+        torch.set_num_threads(before)
+    return model, guide, x
+
+
+def _train_2d(x):
     with pyro.settings.context(module_local_params=True):
         model = DLGM(64, [2], hidden_dims=[32]).double()
         guide = DLGMGuide(model).double()
@@ -46,7 +49,7 @@ def trained_2d():
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-    return model, guide, x
+    return model, guide
 
 
 def test_quadrature_matches_fa_closed_form(dtype):

@@ -9,13 +9,7 @@ from pyro_dgm.cli import main
 from pyro_dgm.training import TrainConfig, load_checkpoint, train
 from pyro_dgm.training.checkpoint import checkpoint_paths
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(**kw):

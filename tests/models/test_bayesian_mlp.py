@@ -12,13 +12,7 @@ from pyro_dgm.cli import main
 from pyro_dgm.models import BayesianMLP
 from pyro_dgm.models.bnn_problems import bnn_toy_problem
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(model, dtype, batch=()):

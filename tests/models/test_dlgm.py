@@ -9,13 +9,7 @@ from pyro_dgm.inference import IWAE
 from pyro_dgm.models import DLGM, DLGMGuide
 from pyro_dgm.models.dlgm import make_guide
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n, d, dtype, device):
