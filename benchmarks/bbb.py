@@ -86,7 +86,8 @@ def ece(probs, y, bins=15):
 
 def run_digits(seed, hidden, epochs, device, estimator="local", samples=50, lr=1e-3,
                bbb_lr=1e-3, init_sigma=1e-3, mixture=None,
-               kinds=("deterministic", "bbb_gaussian", "bbb_scale_mixture"), moped_epochs=10):
+               kinds=("deterministic", "bbb_gaussian", "bbb_scale_mixture"), moped_epochs=10,
+               lr_decay=1.0):
     xtr, ytr, xte, yte = _digits(seed, device)
     out = {}
     trained = None
@@ -99,7 +100,10 @@ def run_digits(seed, hidden, epochs, device, estimator="local", samples=50, lr=1
             net = _mlp(hidden, kind, estimator, init_sigma, mixture).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=lr if kind == "deterministic" else bbb_lr)
         n = len(ytr)
-        for _ in range(epochs if kind != "bbb_scale_mixture_moped" else moped_epochs):
+        num_epochs = epochs if kind != "bbb_scale_mixture_moped" else moped_epochs
+        # the rate decays geometrically by ``lr_decay`` over the run, the same for every net
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, lr_decay ** (-1 / num_epochs))
+        for _ in range(num_epochs):
             for idx in torch.randperm(n, device=device).split(64):
                 nll = F.cross_entropy(net(xtr[idx]), ytr[idx], reduction="none")
                 loss = (nll.mean() if kind == "deterministic"
@@ -107,6 +111,7 @@ def run_digits(seed, hidden, epochs, device, estimator="local", samples=50, lr=1
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            sched.step()
         if kind == "deterministic":
             trained = copy.deepcopy(net)
             with torch.no_grad():

@@ -26,9 +26,10 @@ All three give every pre-activation the exact marginal mean :math:`\mu^\top x + 
 variance :math:`(\sigma^2)^\top x^2 + \sigma_b^2` (for convolutions, over the receptive
 field).
 
-KL: analytic (Gaussian prior, or a distribution with a registered Normal KL); otherwise a
-one-sample Monte Carlo estimate :math:`\log q(w) - \log p(w)` at a fresh
-:math:`w = \mu + \sigma\odot\varepsilon` (weight noise drawn before bias noise).
+KL: analytic (Gaussian prior, or a distribution with a registered Normal KL); otherwise the
+prior's one-sample Monte Carlo estimate (``WeightPrior.kl_sum_monte_carlo``: plain
+:math:`\log q(w) - \log p(w)`, or with a Gaussian control variate for the scale mixture) at
+a fresh :math:`w = \mu + \sigma\odot\varepsilon` (weight noise drawn before bias noise).
 
 Initialization: :math:`\mu` as ``nn.Linear``/``nn.Conv`` (Kaiming-uniform weights, uniform
 bias on :math:`\pm 1/\sqrt{\text{fan\_in}}`); :math:`\rho = \log(e^{\sigma_0} - 1)` for every
@@ -60,7 +61,6 @@ __all__ = ["ESTIMATORS", "BayesConv1d", "BayesConv2d", "BayesConv3d", "BayesLaye
 
 #: gradient estimators a layer accepts
 ESTIMATORS = ("reparam", "local", "flipout")
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def inverse_softplus(sigma: torch.Tensor | float) -> torch.Tensor:
@@ -132,10 +132,7 @@ class BayesLayer(nn.Module):
             sigma = F.softplus(rho)
             kl = self.prior.kl_sum_from_normal(mu, sigma)
             if kl is None:
-                eps = torch.randn_like(mu)
-                w = mu + sigma * eps
-                log_q = -0.5 * eps * eps - sigma.log() - _HALF_LOG_2PI
-                kl = (log_q - self.prior.log_prob(w)).sum()
+                kl = self.prior.kl_sum_monte_carlo(mu, sigma, torch.randn_like(mu))
             total = total + kl
         return total
 

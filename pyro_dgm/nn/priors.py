@@ -8,7 +8,13 @@ in ``state_dict``. A prior provides
 - :meth:`WeightPrior.log_prob` -- the elementwise log-density of weights;
 - :meth:`WeightPrior.kl_from_normal` -- the elementwise analytic
   :math:`\mathrm{KL}(\mathcal N(\mu, \sigma^2)\,\|\,p)` or ``None`` when there is none
-  (the layers then use a Monte Carlo estimate).
+  (the layers then use a Monte Carlo estimate);
+- :meth:`WeightPrior.kl_sum_monte_carlo` -- the one-sample estimate the layers use
+  otherwise: by default :math:`\log q(w) - \log p(w)`; a prior close in shape to a
+  Gaussian :math:`g` can instead estimate
+  :math:`\mathrm{KL}(q\|p) = \mathrm{KL}(q\|g) + \mathbb E_q[\log g(w) - \log p(w)]`,
+  the first term analytic, the second by Monte Carlo: unbiased too, with far less variance
+  where :math:`\log p - \log g` is nearly flat (the scale mixture does this).
 
 Priors:
 
@@ -55,6 +61,16 @@ def _normal_log_prob(w: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) ->
     return -0.5 * z * z - scale.log() - _HALF_LOG_2PI
 
 
+def _gaussian_kl_sum(loc: torch.Tensor, scale: torch.Tensor, m: torch.Tensor,
+                     s: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sum \mathrm{KL}(\mathcal N(loc, scale^2) \| \mathcal N(m, s^2))` as
+    reductions, n (log s - 1/2) - sum log scale + (sum scale^2 + sum (loc - m)^2) / (2 s^2),
+    without materializing the elementwise KL."""
+    diff = (loc - m).flatten()
+    squares = torch.dot(scale.flatten(), scale.flatten()) + torch.dot(diff, diff)
+    return (loc.numel() * (s.log() - 0.5) - scale.log().sum()) + squares / (2 * s * s)
+
+
 class WeightPrior(nn.Module):
     """Base class: an elementwise (i.i.d.) prior over the entries of a weight tensor."""
 
@@ -71,6 +87,14 @@ class WeightPrior(nn.Module):
         temporaries), or ``None`` when there is no closed form."""
         kl = self.kl_from_normal(loc, scale)
         return None if kl is None else kl.sum()
+
+    def kl_sum_monte_carlo(self, loc: torch.Tensor, scale: torch.Tensor,
+                           eps: torch.Tensor) -> torch.Tensor:
+        r"""One-sample unbiased estimate of :math:`\sum \mathrm{KL}(\mathcal N(loc, scale^2)
+        \| p)` at :math:`w = loc + scale \cdot eps`: here
+        :math:`\sum \log q(w) - \log p(w)`."""
+        log_q = -0.5 * eps * eps - scale.log() - _HALF_LOG_2PI
+        return (log_q - self.log_prob(loc + scale * eps)).sum()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return self.log_prob(w)
@@ -102,13 +126,7 @@ class GaussianPrior(WeightPrior):
         return (s.log() - scale.log()) + (scale * scale + diff * diff) / (2 * s * s) - 0.5
 
     def kl_sum_from_normal(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        # the same sum as reductions: n (log s - 1/2) - sum log sigma + (sum sigma^2
-        # + sum (mu - m)^2) / (2 s^2); no elementwise KL tensor is materialized
-        s = self.scale.to(scale)
-        diff = loc - self.loc.to(loc)
-        squares = torch.dot(scale.flatten(), scale.flatten()) + torch.dot(diff.flatten(),
-                                                                          diff.flatten())
-        return (loc.numel() * (s.log() - 0.5) - scale.log().sum()) + squares / (2 * s * s)
+        return _gaussian_kl_sum(loc, scale, self.loc.to(loc), self.scale.to(scale))
 
     def extra_repr(self) -> str:
         return f"loc={float(self.loc):g}, scale={float(self.scale):g}"
@@ -117,7 +135,17 @@ class GaussianPrior(WeightPrior):
 class ScaleMixturePrior(WeightPrior):
     r"""Blundell's scale mixture :math:`\pi\,\mathcal N(0, \sigma_1^2) + (1-\pi)\,
     \mathcal N(0, \sigma_2^2)`, with :math:`\sigma_1 > \sigma_2` by convention (a wide
-    component and a spike near zero). No analytic KL: layers use Monte Carlo.
+    component and a spike near zero). No analytic KL: layers use Monte Carlo, with the wide
+    component :math:`g = \mathcal N(0, \sigma_1^2)` as control variate,
+
+    .. math:: \mathrm{KL}(q\|p) = \mathrm{KL}(q\|g)
+              - \mathbb E_q\log\bigl(\pi + (1-\pi)\,\mathcal N(w; 0, \sigma_2^2)
+              / \mathcal N(w; 0, \sigma_1^2)\bigr),
+
+    whose Monte Carlo part is the constant :math:`-\log\pi` away from the spike, so only
+    weights near zero add noise. On the digits benchmark the plain one-sample estimate
+    made a Gaussian prior cost 1.2 points of test error against its analytic KL
+    (``docs/bayes_by_backprop.md``).
 
     The log-density is
     :math:`\operatorname{logsumexp}(\log\pi + \log\mathcal N(w; 0, \sigma_1^2),\;
@@ -142,6 +170,16 @@ class ScaleMixturePrior(WeightPrior):
         a = pi.log() + _normal_log_prob(w, zero, self.sigma1.to(w))
         b = torch.log1p(-pi) + _normal_log_prob(w, zero, self.sigma2.to(w))
         return torch.logaddexp(a, b)
+
+    def kl_sum_monte_carlo(self, loc: torch.Tensor, scale: torch.Tensor,
+                           eps: torch.Tensor) -> torch.Tensor:
+        r"""The control-variate estimate of the class docstring at
+        :math:`w = loc + scale \cdot eps`."""
+        s1 = self.sigma1.to(loc)
+        w = loc + scale * eps
+        zero = torch.zeros((), dtype=w.dtype, device=w.device)
+        log_ratio = _normal_log_prob(w, zero, s1) - self.log_prob(w)
+        return _gaussian_kl_sum(loc, scale, zero, s1) + log_ratio.sum()
 
     def extra_repr(self) -> str:
         return (f"pi={float(self.pi):g}, sigma1={float(self.sigma1):g}, "
