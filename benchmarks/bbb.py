@@ -40,6 +40,7 @@ from pyro_dgm.nn import (
     bayes_layers,
     bayesianize,
     bbb_loss,
+    blundell_kl_weight,
     kl_divergence,
     make_prior,
     predict,
@@ -87,7 +88,7 @@ def ece(probs, y, bins=15):
 def run_digits(seed, hidden, epochs, device, estimator="local", samples=50, lr=1e-3,
                bbb_lr=1e-3, init_sigma=1e-3, mixture=None,
                kinds=("deterministic", "bbb_gaussian", "bbb_scale_mixture"), moped_epochs=10,
-               lr_decay=1.0):
+               lr_decay=1.0, kl_schedule="uniform"):
     xtr, ytr, xte, yte = _digits(seed, device)
     out = {}
     trained = None
@@ -104,10 +105,13 @@ def run_digits(seed, hidden, epochs, device, estimator="local", samples=50, lr=1
         # the rate decays geometrically by ``lr_decay`` over the run, the same for every net
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, lr_decay ** (-1 / num_epochs))
         for _ in range(num_epochs):
-            for idx in torch.randperm(n, device=device).split(64):
+            batches = torch.randperm(n, device=device).split(64)
+            for i, idx in enumerate(batches):
                 nll = F.cross_entropy(net(xtr[idx]), ytr[idx], reduction="none")
+                weight = (blundell_kl_weight(i, len(batches)) if kl_schedule == "blundell"
+                          else None)
                 loss = (nll.mean() if kind == "deterministic"
-                        else bbb_loss(nll, kl_divergence(net), num_data=n))
+                        else bbb_loss(nll, kl_divergence(net), num_data=n, kl_weight=weight))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
