@@ -1,6 +1,7 @@
 """Built-in inference methods of ``pyro-dgm compare``: Pyro's NUTS and autoguides.
 
-- ``nuts``: :class:`pyro.infer.NUTS` under :class:`pyro.infer.MCMC` (the usual reference);
+- ``nuts``: :class:`pyro.infer.NUTS` under :class:`pyro.infer.MCMC` (the usual reference),
+  every chain started near the MAP point (:func:`map_start`);
 - ``meanfield``: :class:`~pyro.infer.autoguide.AutoNormal` (ADVI, mean-field Gaussian);
 - ``fullrank``: :class:`~pyro.infer.autoguide.AutoMultivariateNormal` (full-rank ADVI);
 - ``laplace``: :class:`~pyro.infer.autoguide.AutoLaplaceApproximation` (MAP, then a
@@ -12,22 +13,27 @@ and objectives.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pyro
+import torch
 from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from pyro.infer.autoguide import (
     AutoLaplaceApproximation,
     AutoMultivariateNormal,
     AutoNormal,
     init_to_median,
+    init_to_sample,
 )
 from tqdm.auto import tqdm
 
+from pyro_dgm._validation import check_int
+from pyro_dgm.compare._arviz import set_attrs
 from pyro_dgm.compare.export import from_guide, from_mcmc
 from pyro_dgm.registry import Problem, Settings, register_method
 
-__all__ = ["default_num_steps", "fit_svi", "vi_draws"]
+__all__ = ["default_num_steps", "fit_svi", "init_to_jittered", "map_start", "vi_draws"]
 
 
 def default_num_steps(settings: Settings) -> int:
@@ -76,10 +82,69 @@ def _export_guide(problem: Problem, guide, settings: Settings):
                       **problem.kwargs)
 
 
-@register_method("nuts", kind="mcmc", description="Pyro NUTS (reference)")
+def map_start(problem: Problem, settings: Settings, num_steps: int | None = None,
+              num_starts: int = 4) -> dict:
+    """The best MAP point of ``problem``'s density in unconstrained space (what NUTS
+    samples) found from ``num_starts`` starts (the prior median, then prior draws), as
+    ``{site: constrained value}``. Each start fits an
+    :class:`~pyro.infer.autoguide.AutoLaplaceApproximation` (a point mass in unconstrained
+    space, Jacobian included) with :func:`fit_svi` for ``num_steps`` (else
+    ``settings.num_steps``, else 1,000) steps.
+
+    Chains started from random prior draws can settle in minor modes they never leave: on
+    the default job (factor analysis of the wine data, 4 chains) two of four NUTS chains
+    from ``init_to_median`` sat 70 nats of log density below the others, with the second
+    factor's leading loading pinned at zero (R-hat 1.73). A MAP in *constrained* space
+    (``AutoDelta``) ends at that boundary too: the half-normal prior of the loading peaks at
+    zero, which the unconstrained density's Jacobian term cancels. From the prior median
+    and three prior draws, two of the four fits on that job reach the main mode (negative
+    log density 2801 against 2874 nats), hence several starts.
+    """
+    num_steps = num_steps or settings.num_steps or 1000
+    best, best_loss = None, math.inf
+    for i in range(check_int("num_starts", num_starts, minimum=1)):
+        with pyro.get_param_store().scope():  # a fresh store: every start is independent
+            guide = AutoLaplaceApproximation(problem.model, init_loc_fn=init_to_median
+                                             if i == 0 else init_to_sample)
+            fit_svi(problem, guide, settings, loss=Trace_ELBO(), num_steps=num_steps,
+                    desc=f"MAP start {i + 1}/{num_starts}")
+            with torch.no_grad():  # - log density at the point, Jacobian included
+                loss = Trace_ELBO().loss(problem.model, guide, *problem.args,
+                                         **problem.kwargs)
+                if loss < best_loss:  # the guide's draw is its point mass: the MAP
+                    best_loss = loss
+                    best = {k: v.detach() for k, v in guide(*problem.args,
+                                                            **problem.kwargs).items()}
+    if best is None:
+        raise ValueError("map_start: no start reached a finite log density")
+    return best
+
+
+def init_to_jittered(values: dict, scale: float = 0.1):
+    r"""An init strategy: ``values[site]`` moved by :math:`\mathcal N(0, scale^2)` noise in
+    the site's unconstrained space (a fresh draw for every chain), the prior median for
+    sites not in ``values``."""
+
+    def strategy(site):
+        value = values.get(site["name"])
+        if value is None:
+            return init_to_median(site)
+        transform = torch.distributions.biject_to(site["fn"].support)
+        free = transform.inv(value)
+        return transform(free + scale * torch.randn_like(free))
+
+    return strategy
+
+
+@register_method("nuts", kind="mcmc", description="Pyro NUTS (reference), chains from the MAP")
 def run_nuts(problem: Problem, settings: Settings):
+    try:
+        strategy, start = init_to_jittered(map_start(problem, settings)), "MAP + jitter 0.1"
+    except (NotImplementedError, ValueError) as e:  # e.g. discrete latents: no AutoDelta
+        strategy = init_to_median(num_samples=15)
+        start = f"prior median (no MAP start: {type(e).__name__}: {e})"
     kernel = NUTS(problem.model, jit_compile=problem.jit_compile,
-                  ignore_jit_warnings=True, init_strategy=init_to_median(num_samples=15))
+                  ignore_jit_warnings=True, init_strategy=strategy)
     warmup = settings.num_warmup if settings.num_warmup is not None else settings.num_samples
     with warnings.catch_warnings():
         # chains run one after another when there are fewer free cores than chains
@@ -89,7 +154,9 @@ def run_nuts(problem: Problem, settings: Settings):
         mcmc = MCMC(kernel, num_samples=settings.num_samples, warmup_steps=warmup,
                     num_chains=settings.num_chains, disable_progbar=not settings.progress)
         mcmc.run(*problem.args, **problem.kwargs)
-    return from_mcmc(mcmc)
+    idata = from_mcmc(mcmc)
+    set_attrs(idata, {"chain_start": start})
+    return idata
 
 
 @register_method("meanfield", kind="vi", description="AutoNormal: mean-field Gaussian ADVI")

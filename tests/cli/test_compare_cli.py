@@ -23,7 +23,9 @@ def test_compare_writes_report(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     idata = arviz.from_netcdf(str(out / "meanfield.nc"))
     assert idata.posterior["W_lower"].shape[:2] == (1, 40)
-    assert arviz.from_netcdf(str(out / "nuts.nc")).posterior.sizes["chain"] == 2
+    nuts = arviz.from_netcdf(str(out / "nuts.nc"))
+    assert nuts.posterior.sizes["chain"] == 2
+    assert nuts.posterior.attrs["chain_start"] == "MAP + jitter 0.1"
     table = pd.read_csv(out / "comparison.csv")
     assert set(table["method"]) == {"nuts", "meanfield"}
     printed = capsys.readouterr().out
