@@ -247,13 +247,21 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--parts", default="digits,toy,timing")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--seeds", default=None, help="digits seeds, e.g. 0,1,2 (default: 0 for "
+                   "--quick, else 0,1,2); each seed is also a different train/test split")
+    p.add_argument("--epochs", type=int, default=60, help="digits epochs, every network")
+    p.add_argument("--kl-schedule", choices=("uniform", "blundell"), default="uniform",
+                   help="BbB KL weight per minibatch: 1/M, or Blundell's 2^(M-i)/(2^M-1)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
     quick = args.quick
     settings = {"threads": args.threads, "quick": quick,
-                "digits": {"hidden": 100, "epochs": 60, "moped_epochs": 10, "lr": 1e-3,
-                           "seeds": [0] if quick else [0, 1, 2], "estimator": "local",
+                "digits": {"hidden": 100, "epochs": args.epochs, "moped_epochs": 10,
+                           "lr": 1e-3, "kl_schedule": args.kl_schedule,
+                           "seeds": ([int(v) for v in args.seeds.split(",")] if args.seeds
+                                     else [0] if quick else [0, 1, 2]),
+                           "estimator": "local",
                            "scale_mixture": {"pi": 0.5, "sigma1": 1.0,
                                              "sigma2": "exp(-6)"}},
                 "toy": {"steps": 1500 if quick else 5000, "n": 200, "lr": 1e-2,
@@ -266,7 +274,8 @@ def main(argv=None):
         kinds = ("deterministic", "bbb_gaussian", "bbb_scale_mixture",
                  "bbb_scale_mixture_moped")
         runs = [run_digits(seed, s["hidden"], s["epochs"], args.device, kinds=kinds,
-                           moped_epochs=s["moped_epochs"]) for seed in s["seeds"]]
+                           moped_epochs=s["moped_epochs"], kl_schedule=s["kl_schedule"])
+                for seed in s["seeds"]]
         avg = {k: {m: statistics.mean(r[k][m] for r in runs) for m in runs[0][k]}
                for k in runs[0]}
         results["digits"] = {"mean": avg, "per_seed": runs}
