@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
                    "nuts,meanfield,fullrank,laplace)")
     p.add_argument("--reference", default="nuts", help="reference method (default: nuts)")
     p.add_argument("--out", default="pyro-dgm-report", help="output directory")
-    p.add_argument("--quick", action="store_true", help="small run, under a minute")
+    p.add_argument("--quick", action="store_true", help="small run, about a minute on 2 cores")
     p.add_argument("--num-samples", type=int, default=None, help="draws per chain")
     p.add_argument("--num-warmup", type=int, default=None, help="MCMC warm-up steps")
     p.add_argument("--num-chains", type=int, default=None, help="MCMC chains")

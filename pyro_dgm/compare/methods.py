@@ -86,10 +86,11 @@ def map_start(problem: Problem, settings: Settings, num_steps: int | None = None
               num_starts: int = 4) -> dict:
     """The best MAP point of ``problem``'s density in unconstrained space (what NUTS
     samples) found from ``num_starts`` starts (the prior median, then prior draws), as
-    ``{site: constrained value}``. Each start fits an
-    :class:`~pyro.infer.autoguide.AutoLaplaceApproximation` (a point mass in unconstrained
-    space, Jacobian included) with :func:`fit_svi` for ``num_steps`` (else
-    ``settings.num_steps``, else 1,000) steps.
+    ``{site: constrained value}``. Each start fits the point mass of an
+    :class:`~pyro.infer.autoguide.AutoLaplaceApproximation` (unconstrained space, Jacobian
+    included) by L-BFGS with a strong-Wolfe line search, at most ``num_steps`` (else
+    ``settings.num_steps``, else 500) iterations; the loss is deterministic, and on the
+    default job each start converges in 50-80 evaluations.
 
     Chains started from random prior draws can settle in minor modes they never leave: on
     the default job (factor analysis of the wine data, 4 chains) two of four NUTS chains
@@ -97,17 +98,28 @@ def map_start(problem: Problem, settings: Settings, num_steps: int | None = None
     factor's leading loading pinned at zero (R-hat 1.73). A MAP in *constrained* space
     (``AutoDelta``) ends at that boundary too: the half-normal prior of the loading peaks at
     zero, which the unconstrained density's Jacobian term cancels. From the prior median
-    and three prior draws, two of the four fits on that job reach the main mode (negative
-    log density 2801 against 2874 nats), hence several starts.
+    and three prior draws, one of the four fits on that job ends in the minor mode
+    (negative log density 2874.28 against 2801.22), hence several starts.
     """
-    num_steps = num_steps or settings.num_steps or 1000
+    num_steps = check_int("num_steps", num_steps or settings.num_steps or 500, minimum=1)
     best, best_loss = None, math.inf
     for i in range(check_int("num_starts", num_starts, minimum=1)):
         with pyro.get_param_store().scope():  # a fresh store: every start is independent
             guide = AutoLaplaceApproximation(problem.model, init_loc_fn=init_to_median
                                              if i == 0 else init_to_sample)
-            fit_svi(problem, guide, settings, loss=Trace_ELBO(), num_steps=num_steps,
-                    desc=f"MAP start {i + 1}/{num_starts}")
+            guide(*problem.args, **problem.kwargs)  # creates the parameters
+            optim = torch.optim.LBFGS(list(guide.parameters()), lr=1.0, max_iter=num_steps,
+                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7,
+                                      tolerance_change=1e-10)
+
+            def closure(guide=guide, optim=optim):
+                optim.zero_grad()
+                loss = Trace_ELBO().differentiable_loss(problem.model, guide, *problem.args,
+                                                        **problem.kwargs)
+                loss.backward()
+                return loss
+
+            optim.step(closure)
             with torch.no_grad():  # - log density at the point, Jacobian included
                 loss = Trace_ELBO().loss(problem.model, guide, *problem.args,
                                          **problem.kwargs)
