@@ -64,9 +64,10 @@ def default_settings(quick: bool = False, **overrides) -> Settings:
     """Settings for a full run, or a ``quick`` one (under a minute on 2 cores).
 
     Full: 4 chains x (1,000 warm-up + 1,000 draws), 5,000 SVI steps. Quick: 2 chains x
-    (150 + 150), 500 SVI steps. ``overrides`` that are ``None`` keep the default.
+    (100 + 150: the chains start at the MAP point), 500 SVI steps. ``overrides`` that are
+    ``None`` keep the default.
     """
-    base = (dict(num_samples=150, num_warmup=150, num_chains=2, num_steps=500) if quick
+    base = (dict(num_samples=150, num_warmup=100, num_chains=2, num_steps=500) if quick
             else dict(num_samples=1000, num_warmup=1000, num_chains=4, num_steps=5000))
     base.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(quick=quick, **base)
