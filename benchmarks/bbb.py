@@ -89,7 +89,7 @@ def ece(probs, y, bins=15):
 def run_digits(seed, hidden, epochs, device, estimator="local", samples=50, lr=1e-3,
                bbb_lr=1e-3, init_sigma=1e-3, mixture=None,
                kinds=("deterministic", "bbb_gaussian", "bbb_scale_mixture"), moped_epochs=10,
-               lr_decay=1.0, kl_schedule="uniform"):
+               kl_schedule="uniform"):
     xtr, ytr, xte, yte = _digits(seed, device)
     out = {}
     trained = None
@@ -103,8 +103,6 @@ def run_digits(seed, hidden, epochs, device, estimator="local", samples=50, lr=1
         opt = torch.optim.Adam(net.parameters(), lr=lr if kind == "deterministic" else bbb_lr)
         n = len(ytr)
         num_epochs = epochs if kind != "bbb_scale_mixture_moped" else moped_epochs
-        # the rate decays geometrically by ``lr_decay`` over the run, the same for every net
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, lr_decay ** (-1 / num_epochs))
         for _ in range(num_epochs):
             batches = torch.randperm(n, device=device).split(64)
             for i, idx in enumerate(batches):
@@ -116,7 +114,6 @@ def run_digits(seed, hidden, epochs, device, estimator="local", samples=50, lr=1
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            sched.step()
         if kind == "deterministic":
             trained = copy.deepcopy(net)
             with torch.no_grad():

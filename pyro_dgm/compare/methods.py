@@ -100,6 +100,12 @@ def map_start(problem: Problem, settings: Settings, num_steps: int | None = None
     zero, which the unconstrained density's Jacobian term cancels. From the prior median
     and three prior draws, one of the four fits on that job ends in the minor mode
     (negative log density 2874.28 against 2801.22), hence several starts.
+
+    Example::
+
+        >>> problem = MODELS.get("fa").build(settings)
+        >>> kernel = NUTS(problem.model, init_strategy=init_to_jittered(
+        ...     map_start(problem, settings)))
     """
     num_steps = check_int("num_steps", num_steps or settings.num_steps or 500, minimum=1)
     best, best_loss = None, math.inf
@@ -135,7 +141,14 @@ def map_start(problem: Problem, settings: Settings, num_steps: int | None = None
 def init_to_jittered(values: dict, scale: float = 0.1):
     r"""An init strategy: ``values[site]`` moved by :math:`\mathcal N(0, scale^2)` noise in
     the site's unconstrained space (a fresh draw for every chain), the prior median for
-    sites not in ``values``."""
+    sites not in ``values``. With :math:`T` the bijection onto the site's support,
+    :math:`x_0 = T(T^{-1}(v) + \epsilon)`, :math:`\epsilon \sim \mathcal N(0, scale^2 I)`
+    (the "jitter" start of Stan and PyMC, around a given point).
+
+    Example::
+
+        >>> NUTS(model, init_strategy=init_to_jittered({"sigma": torch.tensor(0.5)}))
+    """
 
     def strategy(site):
         value = values.get(site["name"])
