@@ -37,8 +37,8 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from pyro_dgm._shared import data_plate
 from pyro_dgm._validation import check_choice, check_finite_tensor, check_int, check_positive
-from pyro_dgm.models.plates import data_plate
 
 __all__ = ["BayesianMLP"]
 

@@ -36,7 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import pyro
@@ -46,24 +45,14 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_dgm._shared import data_plate, inverse_softplus, mlp
 from pyro_dgm._validation import check_choice, check_int
-from pyro_dgm.models.plates import data_plate
 
-__all__ = ["DLGM", "DLGMGuide", "GUIDES", "make_guide", "mlp"]
+__all__ = ["DLGM", "DLGMGuide", "GUIDES", "make_guide"]
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 #: guide names accepted by :func:`make_guide`
 GUIDES = ("gaussian", "planar", "radial", "iaf", "realnvp")
-
-
-def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
-    """Linear layers of ``sizes`` with ``activation`` between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 def _check_dims(latent_dims, hidden_dims) -> tuple[list[int], list[int]]:
@@ -75,10 +64,6 @@ def _check_dims(latent_dims, hidden_dims) -> tuple[list[int], list[int]]:
     latent = [check_int("latent_dims", d, minimum=1) for d in latent_dims]
     hidden = [check_int("hidden_dims", h, minimum=1) for h in hidden_dims]
     return latent, hidden
-
-
-def _inverse_softplus(y: float) -> float:
-    return math.log(math.expm1(y))
 
 
 class DLGM(PyroModule):
@@ -112,7 +97,7 @@ class DLGM(PyroModule):
         self.means = nn.ModuleList(
             mlp([self.latent_dims[i + 1], *hidden, self.latent_dims[i]])
             for i in range(len(self.latent_dims) - 1))
-        raw = _inverse_softplus(init_scale)
+        raw = inverse_softplus(init_scale)
         self.raw_scales = nn.ParameterList(
             nn.Parameter(torch.full((d,), raw)) for d in self.latent_dims[:-1])
         if self.likelihood == "gaussian":

@@ -32,9 +32,9 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
+from pyro_dgm._shared import data_plate
 from pyro_dgm.models.fa_marginal import fa_log_marginal, precision_cholesky
 from pyro_dgm.models.factor_analysis import FactorAnalysis
-from pyro_dgm.models.plates import data_plate
 
 __all__ = ["ExactPosteriorGuide", "fa_log_marginal", "fa_posterior"]
 

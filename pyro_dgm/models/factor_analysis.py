@@ -39,8 +39,8 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from pyro_dgm._shared import data_plate
 from pyro_dgm._validation import check_finite_tensor, check_int, check_matrix, check_positive
-from pyro_dgm.models.plates import data_plate
 
 __all__ = ["FactorAnalysis", "FAData"]
 

@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_dgm._shared import data_plate
 from pyro_dgm._validation import check_choice, check_int, check_positive
-from pyro_dgm.models.plates import data_plate
 
 __all__ = ["MAX_ENUMERATE_UNITS", "RBM", "binary_states"]
 

@@ -7,6 +7,7 @@
 - :mod:`pyro_dgm.nn.training`: ``kl_divergence``, ``bbb_loss``, ``predict``.
 """
 
+from pyro_dgm._shared import inverse_softplus
 from pyro_dgm.nn.bayes_layers import (
     ESTIMATORS,
     BayesConv1d,
@@ -14,7 +15,6 @@ from pyro_dgm.nn.bayes_layers import (
     BayesConv3d,
     BayesLayer,
     BayesLinear,
-    inverse_softplus,
 )
 from pyro_dgm.nn.bayesianize import bayesianize
 from pyro_dgm.nn.priors import (

@@ -53,21 +53,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _ntuple
 
+from pyro_dgm._shared import inverse_softplus
 from pyro_dgm._validation import check_choice, check_int, check_positive
 from pyro_dgm.nn.priors import WeightPrior, make_prior
 
 __all__ = ["ESTIMATORS", "BayesConv1d", "BayesConv2d", "BayesConv3d", "BayesLayer",
-           "BayesLinear", "inverse_softplus"]
+           "BayesLinear"]
 
 #: gradient estimators a layer accepts
 ESTIMATORS = ("reparam", "local", "flipout")
-
-
-def inverse_softplus(sigma: torch.Tensor | float) -> torch.Tensor:
-    """:math:`\\rho = \\log(e^\\sigma - 1)`, the inverse of ``softplus``, stable for small
-    and large ``sigma``."""
-    sigma = torch.as_tensor(sigma)
-    return sigma + torch.log(-torch.expm1(-sigma))
 
 
 def _random_sign(shape, like: torch.Tensor) -> torch.Tensor:
@@ -103,7 +97,7 @@ class BayesLayer(nn.Module):
     def reset_parameters(self) -> None:
         """Means as ``nn.Linear``/``nn.Conv``; every posterior sd equal to ``init_sigma``."""
         nn.init.kaiming_uniform_(self.weight_mu, a=math.sqrt(5))
-        rho = float(inverse_softplus(torch.tensor(self.init_sigma, dtype=torch.float64)))
+        rho = inverse_softplus(float(self.init_sigma))
         nn.init.constant_(self.weight_rho, rho)
         if self.bias_mu is not None:
             fan_in = self.weight_mu[0].numel()

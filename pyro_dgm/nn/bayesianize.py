@@ -30,6 +30,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from pyro_dgm._shared import inverse_softplus
 from pyro_dgm._validation import check_choice, check_positive
 from pyro_dgm.nn.bayes_layers import (
     ESTIMATORS,
@@ -38,7 +39,6 @@ from pyro_dgm.nn.bayes_layers import (
     BayesConv3d,
     BayesLayer,
     BayesLinear,
-    inverse_softplus,
 )
 from pyro_dgm.nn.priors import make_prior
 

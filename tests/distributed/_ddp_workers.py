@@ -28,7 +28,7 @@ from pyro_dgm.distributed import (
     reduce_mean,
 )
 from pyro_dgm.models.factor_analysis import FactorAnalysis
-from pyro_dgm.models.plates import data_plate
+from pyro_dgm._shared import data_plate
 
 NUM_DATA = 8
 

@@ -45,10 +45,10 @@ from torch import nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import IndependentTransform, identity_transform
 
+from pyro_dgm._shared import data_plate, inverse_softplus
 from pyro_dgm._validation import check_int, check_positive
 from pyro_dgm.inference.flows.distribution import FlowDistribution
 from pyro_dgm.inference.flows.stack import FLOWS, build_flows, check_flow_args
-from pyro_dgm.models.plates import data_plate
 
 __all__ = ["AmortizedFlowGuide"]
 
@@ -166,7 +166,7 @@ class AmortizedFlowGuide(AutoGuide):
             head = nn.Linear(c, 2 * d)
             with torch.no_grad():
                 head.weight.mul_(0.1)
-                head.bias[d:] = math.log(math.expm1(self.init_scale))
+                head.bias[d:] = inverse_softplus(self.init_scale)
             self.heads[name] = head.to(context)
             if self.flow is not None:
                 self.flows[name] = build_flows(

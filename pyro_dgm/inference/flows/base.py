@@ -25,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 
 from pyro_dgm._validation import check_int
 
-__all__ = ["ConditionalFlow", "NotInvertibleError", "mlp", "soft_clamp"]
+__all__ = ["ConditionalFlow", "NotInvertibleError", "soft_clamp"]
 
 
 class NotInvertibleError(ValueError):
@@ -43,23 +42,6 @@ class NotInvertibleError(ValueError):
 def soft_clamp(x: torch.Tensor, bound: float) -> torch.Tensor:
     """Smoothly squash ``x`` into ``(-bound, bound)``: ``bound * tanh(x / bound)``."""
     return bound * torch.tanh(x / bound)
-
-
-def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, *,
-        out_scale: float = 1e-2) -> nn.Sequential:
-    """A ReLU multilayer perceptron whose last layer starts small (the flow starts near the
-    identity, yet every parameter receives gradient from the first step)."""
-    layers: list[nn.Module] = []
-    width = in_dim
-    for h in hidden_dims:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    last = nn.Linear(width, out_dim)
-    with torch.no_grad():
-        last.weight.mul_(out_scale)
-        last.bias.zero_()
-    layers.append(last)
-    return nn.Sequential(*layers)
 
 
 class ConditionalFlow(nn.Module):

@@ -24,8 +24,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
-from pyro_dgm.inference.flows.base import ConditionalFlow, mlp, soft_clamp
+from pyro_dgm._shared import mlp
+from pyro_dgm.inference.flows.base import ConditionalFlow, soft_clamp
 
 __all__ = ["AffineCoupling"]
 
@@ -53,7 +55,7 @@ class AffineCoupling(ConditionalFlow):
         self.register_buffer("unperm", torch.argsort(perm), persistent=False)
         self.num_kept = d // 2
         in_dim = max(self.num_kept + self.context_dim, 1)  # a constant input when empty
-        self.net = mlp(in_dim, list(hidden_dims), 2 * (d - self.num_kept))
+        self.net = mlp([in_dim, *hidden_dims, 2 * (d - self.num_kept)], nn.ReLU, out_scale=1e-2)
         self.log_scale_bound = float(log_scale_bound)
 
     def _shift_log_scale(self, kept, context):

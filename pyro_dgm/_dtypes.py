@@ -1,0 +1,26 @@
+"""The one table of floating-point dtypes the package accepts by name.
+
+Torch is imported only when a name is resolved, so the command line can offer the names
+without loading it.
+
+Example::
+
+    >>> to_dtype("float32")
+    torch.float32
+"""
+
+from __future__ import annotations
+
+__all__ = ["DTYPE_NAMES", "to_dtype"]
+
+#: dtype names accepted by ``--dtype`` options and run configs
+DTYPE_NAMES = ("float32", "float64")
+
+
+def to_dtype(name: str):
+    """The ``torch.dtype`` called ``name``; ``ValueError`` naming ``dtype`` otherwise."""
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {name!r}")
+    import torch
+
+    return getattr(torch, name)
