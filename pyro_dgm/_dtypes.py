@@ -1,4 +1,4 @@
-"""The one table of floating-point dtypes the package accepts by name.
+"""Names to of floating-point dtypes the package accepts by name.
 
 Torch is imported only when a name is resolved, so the command line can offer the names
 without loading it.
@@ -13,8 +13,7 @@ from __future__ import annotations
 
 __all__ = ["DTYPE_NAMES", "to_dtype"]
 
-#: dtype names accepted by ``--dtype`` options and run configs
-DTYPE_NAMES = ("float32", "float64")
+from pyro_dgm.defaults import DTYPE_NAMES
 
 
 def to_dtype(name: str):

@@ -1,0 +1,58 @@
+"""Every default and choice list of the package's applications, as plain data.
+
+The command line builds its parsers from this module alone (it imports neither torch nor
+Pyro), and the comparison and the DLGM application read their defaults from here, so a
+default is changed in one place.
+
+Example::
+
+    >>> from pyro_dgm.defaults import COMPARE_RUN
+    >>> COMPARE_RUN["quick"]["num_steps"]
+    500
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "COMPARE_METHODS",
+    "COMPARE_MODEL",
+    "COMPARE_REFERENCE",
+    "COMPARE_RUN",
+    "DLGM_DATASETS",
+    "DLGM_ESTIMATORS",
+    "DLGM_GUIDES",
+    "DLGM_LIKELIHOODS",
+    "DLGM_OBJECTIVES",
+    "DTYPE_NAMES",
+    "MAP_LBFGS_ITERATIONS",
+    "MAP_STARTS",
+]
+
+#: floating-point dtypes accepted by name (``--dtype``, run configs)
+DTYPE_NAMES = ("float32", "float64")
+
+# --- pyro-dgm compare --------------------------------------------------------------------
+#: model of ``pyro-dgm compare`` when none is named
+COMPARE_MODEL = "fa"
+#: methods of ``pyro-dgm compare`` when none are named
+COMPARE_METHODS = ("nuts", "meanfield", "fullrank", "laplace")
+#: reference method the others are compared with
+COMPARE_REFERENCE = "nuts"
+#: run sizes: MCMC chains x (warm-up + draws) and SVI steps, for a full and a quick run
+#: (quick: chains start at the MAP point, so 100 warm-up steps suffice); a method without
+#: a warm-up setting warms up for as many steps as it keeps draws
+COMPARE_RUN = {
+    "full": {"num_samples": 1000, "num_warmup": 1000, "num_chains": 4, "num_steps": 5000},
+    "quick": {"num_samples": 150, "num_warmup": 100, "num_chains": 2, "num_steps": 500},
+}
+#: L-BFGS iterations (at most) of each MAP fit that starts MCMC chains
+MAP_LBFGS_ITERATIONS = 500
+#: MAP fits (prior median, then prior draws) whose best point starts the chains
+MAP_STARTS = 4
+
+# --- pyro-dgm train / evaluate (deep latent Gaussian models) -----------------------------
+DLGM_OBJECTIVES = ("elbo", "iwae", "perturbative")
+DLGM_ESTIMATORS = ("iwae", "stl", "dreg")
+DLGM_GUIDES = ("gaussian", "planar", "radial", "iaf", "realnvp")
+DLGM_DATASETS = ("digits", "digits-continuous")
+DLGM_LIKELIHOODS = ("bernoulli", "gaussian")
