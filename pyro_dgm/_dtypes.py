@@ -1,4 +1,4 @@
-"""Names to of floating-point dtypes the package accepts by name.
+"""Floating-point dtypes by name (the names are :data:`pyro_dgm.defaults.DTYPE_NAMES`).
 
 Torch is imported only when a name is resolved, so the command line can offer the names
 without loading it.
@@ -11,9 +11,9 @@ Example::
 
 from __future__ import annotations
 
-__all__ = ["DTYPE_NAMES", "to_dtype"]
-
 from pyro_dgm.defaults import DTYPE_NAMES
+
+__all__ = ["DTYPE_NAMES", "to_dtype"]
 
 
 def to_dtype(name: str):
