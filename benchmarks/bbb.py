@@ -35,7 +35,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from benchmarks._common import emit, parser, sync
-from pyro_dgm.models.bnn_problems import blundell_toy_data, toy_function
+from pyro_dgm.data import blundell_toy_data, toy_function
 from pyro_dgm.nn import (
     BayesLinear,
     bayes_layers,

@@ -2,6 +2,8 @@
 
 Each subcommand lives in its own module listed in :data:`SUBCOMMANDS`; a module defines
 ``add_parser(subparsers)`` that registers its parser and sets ``func=run(args) -> int``.
+Parsers are built from plain data (:mod:`pyro_dgm.defaults`): ``pyro-dgm --help`` imports
+neither torch nor Pyro; each command imports what it needs inside ``run``.
 Bad input is reported as one line on stderr with a non-zero exit code, never a traceback.
 """
 
@@ -14,9 +16,7 @@ import sys
 __all__ = ["SUBCOMMANDS", "CLIError", "main"]
 
 #: Modules that add a subcommand. Add yours here.
-SUBCOMMANDS = ["pyro_dgm.cli.compare"]
-SUBCOMMANDS.append("pyro_dgm.cli.train")
-SUBCOMMANDS.append("pyro_dgm.cli.evaluate")
+SUBCOMMANDS = ("pyro_dgm.cli.compare", "pyro_dgm.cli.train", "pyro_dgm.cli.evaluate")
 
 
 class CLIError(Exception):

@@ -12,11 +12,9 @@ import argparse
 import sys
 import warnings
 
-import torch
+from pyro_dgm.defaults import COMPARE_METHODS, COMPARE_MODEL, COMPARE_REFERENCE, DTYPE_NAMES
 
 __all__ = ["add_parser", "run"]
-
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def add_parser(subparsers) -> None:
@@ -24,11 +22,13 @@ def add_parser(subparsers) -> None:
         "compare", help="compare MCMC and VI posteriors of a model",
         description="Run inference methods on a registered model, export each posterior "
         "to ArviZ NetCDF and write a comparison report (CSV, Markdown, PNG).")
-    p.add_argument("--model", default="fa", help="registered model (default: fa)")
+    p.add_argument("--model", default=COMPARE_MODEL,
+                   help=f"registered model (default: {COMPARE_MODEL})")
     p.add_argument("--methods", default=None,
-                   help="comma-separated registered methods (default: "
-                   "nuts,meanfield,fullrank,laplace)")
-    p.add_argument("--reference", default="nuts", help="reference method (default: nuts)")
+                   help=f"comma-separated registered methods (default: "
+                   f"{','.join(COMPARE_METHODS)})")
+    p.add_argument("--reference", default=COMPARE_REFERENCE,
+                   help=f"reference method (default: {COMPARE_REFERENCE})")
     p.add_argument("--out", default="pyro-dgm-report", help="output directory")
     p.add_argument("--quick", action="store_true", help="small run, about a minute on 2 cores")
     p.add_argument("--num-samples", type=int, default=None, help="draws per chain")
@@ -37,14 +37,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-steps", type=int, default=None, help="SVI steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="float64", choices=sorted(_DTYPES))
+    p.add_argument("--dtype", default="float64", choices=DTYPE_NAMES)
     p.add_argument("--list", action="store_true", help="list models and methods, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def _list() -> int:
-    from pyro_dgm.registry import METHODS, MODELS
+    from pyro_dgm.compare.registry import METHODS, MODELS
 
     print("models:")
     for name in MODELS.names():
@@ -57,6 +57,7 @@ def _list() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyro_dgm._dtypes import to_dtype
     from pyro_dgm.compare.runner import default_settings, markdown_table, run_comparison
 
     if args.list:
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     settings = default_settings(
         quick=args.quick, num_samples=args.num_samples, num_warmup=args.num_warmup,
         num_chains=args.num_chains, num_steps=args.num_steps, seed=args.seed,
-        device=args.device, dtype=_DTYPES[args.dtype], progress=not args.no_progress)
+        device=args.device, dtype=to_dtype(args.dtype), progress=not args.no_progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         result = run_comparison(args.model, methods, reference=args.reference,

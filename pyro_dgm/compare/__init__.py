@@ -1,14 +1,29 @@
-"""The ArviZ bridge: export MCMC and VI posteriors and compare them side by side.
+"""The comparison: export MCMC and VI posteriors to ArviZ and compare them side by side.
+
+This package sits on top of :mod:`pyro_dgm.models` and :mod:`pyro_dgm.inference` (see
+``docs/architecture.md``):
 
 - :func:`from_mcmc`, :func:`from_guide`: ``arviz.InferenceData`` with the same groups and
   shapes for a :class:`pyro.infer.MCMC` run and for a trained guide;
 - :func:`compare_posteriors`, :func:`summarize`: tables against a reference posterior;
 - :func:`plot_posteriors`, :func:`plot_sd_ratios`: figures;
-- :func:`run_comparison`: the whole job behind ``pyro-dgm compare``.
+- :func:`run_comparison`: the whole job behind ``pyro-dgm compare``, over the models and
+  methods of :mod:`~pyro_dgm.compare.registry` (built-ins in
+  :mod:`~pyro_dgm.compare.problems` and :mod:`~pyro_dgm.compare.methods`, registered when
+  this package is imported).
 """
 
+from pyro_dgm.compare import methods, problems  # noqa: F401  (fill the registry)
 from pyro_dgm.compare.export import from_guide, from_mcmc, to_inference_data
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
+from pyro_dgm.compare.registry import (
+    METHODS,
+    MODELS,
+    Problem,
+    Settings,
+    register_method,
+    register_model,
+)
 from pyro_dgm.compare.report import compare_posteriors, summarize
 from pyro_dgm.compare.runner import (
     DEFAULT_METHODS,
@@ -19,13 +34,19 @@ from pyro_dgm.compare.runner import (
 
 __all__ = [
     "DEFAULT_METHODS",
+    "METHODS",
+    "MODELS",
     "ComparisonResult",
+    "Problem",
+    "Settings",
     "compare_posteriors",
     "default_settings",
     "from_guide",
     "from_mcmc",
     "plot_posteriors",
     "plot_sd_ratios",
+    "register_method",
+    "register_model",
     "run_comparison",
     "summarize",
     "to_inference_data",

@@ -30,7 +30,8 @@ from pyro import poutine
 
 from pyro_dgm._validation import check_int
 from pyro_dgm.compare._arviz import arviz, is_arviz_1, set_attrs
-from pyro_dgm.compare._traces import ModelInfo, model_info, score_draws
+from pyro_dgm.compare._scoring import score_draws
+from pyro_dgm.inference.model_info import ModelInfo, model_info
 
 __all__ = ["from_guide", "from_mcmc", "to_inference_data"]
 

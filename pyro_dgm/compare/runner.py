@@ -1,6 +1,6 @@
 """The main job: run several inference methods on one model and write a comparison report.
 
-:func:`run_comparison` looks the model and methods up in :mod:`pyro_dgm.registry`, runs each
+:func:`run_comparison` looks the model and methods up in :mod:`pyro_dgm.compare.registry`, runs each
 method (timed), and, given an output directory, writes
 
 - ``<method>.nc``: each posterior as ArviZ NetCDF (``arviz.from_netcdf`` reads it);
@@ -29,11 +29,12 @@ import pandas as pd
 import pyro
 import torch
 
-from pyro_dgm._validation import check_int
 from pyro_dgm.compare._arviz import set_attrs
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
+from pyro_dgm.compare.registry import METHODS, MODELS
 from pyro_dgm.compare.report import compare_posteriors, summarize
-from pyro_dgm.registry import METHODS, MODELS, Settings
+from pyro_dgm.compare.settings import Settings, default_settings
+from pyro_dgm.defaults import COMPARE_METHODS, COMPARE_MODEL, COMPARE_REFERENCE
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -44,7 +45,8 @@ __all__ = [
     "run_comparison",
 ]
 
-DEFAULT_METHODS = ["nuts", "meanfield", "fullrank", "laplace"]
+#: methods run when none are named (:data:`pyro_dgm.defaults.COMPARE_METHODS`)
+DEFAULT_METHODS = list(COMPARE_METHODS)
 
 
 @dataclass
@@ -58,30 +60,6 @@ class ComparisonResult:
     files: list[Path] = field(default_factory=list)
     #: method -> one-line reason, for methods that failed numerically (the rest ran)
     failures: dict[str, str] = field(default_factory=dict)
-
-
-def default_settings(quick: bool = False, **overrides) -> Settings:
-    """Settings for a full run, or a ``quick`` one (under a minute on 2 cores).
-
-    Full: 4 chains x (1,000 warm-up + 1,000 draws), 5,000 SVI steps. Quick: 2 chains x
-    (100 + 150: the chains start at the MAP point), 500 SVI steps. ``overrides`` that are
-    ``None`` keep the default.
-    """
-    base = (dict(num_samples=150, num_warmup=100, num_chains=2, num_steps=500) if quick
-            else dict(num_samples=1000, num_warmup=1000, num_chains=4, num_steps=5000))
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    settings = Settings(quick=quick, **base)
-    check_int("num_samples", settings.num_samples, minimum=1)
-    check_int("num_warmup", settings.num_warmup, minimum=0)
-    check_int("num_chains", settings.num_chains, minimum=1)
-    check_int("num_steps", settings.num_steps, minimum=1)
-    try:
-        device = torch.device(settings.device)
-    except RuntimeError:
-        raise ValueError(f"device: unknown device {settings.device!r}; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: CUDA is not available on this machine")
-    return settings
 
 
 def prepare_output_dir(out: str | os.PathLike) -> Path:
@@ -124,18 +102,18 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def run_comparison(
-    model: str = "fa",
+    model: str = COMPARE_MODEL,
     methods: list[str] | None = None,
     *,
-    reference: str = "nuts",
+    reference: str = COMPARE_REFERENCE,
     out: str | os.PathLike | None = None,
     settings: Settings | None = None,
     log=print,
 ) -> ComparisonResult:
     """Run ``methods`` on the registered ``model`` and compare them with ``reference``.
 
-    :param model: a name in :data:`pyro_dgm.registry.MODELS`.
-    :param methods: names in :data:`pyro_dgm.registry.METHODS` (default
+    :param model: a name in :data:`pyro_dgm.compare.registry.MODELS`.
+    :param methods: names in :data:`pyro_dgm.compare.registry.METHODS` (default
         :data:`DEFAULT_METHODS`); must include ``reference``.
     :param out: directory for the report; checked for writability before sampling.
     :param log: where progress lines go (``None`` for silence).

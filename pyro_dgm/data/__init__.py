@@ -2,5 +2,7 @@
 
 from pyro_dgm.data.digits import load_digits
 from pyro_dgm.data.tabular import TABULAR_DATASETS, load_tabular
+from pyro_dgm.data.toy_regression import blundell_toy_data, toy_function
 
-__all__ = ["TABULAR_DATASETS", "load_digits", "load_tabular"]
+__all__ = ["TABULAR_DATASETS", "blundell_toy_data", "load_digits", "load_tabular",
+           "toy_function"]

@@ -37,6 +37,7 @@ from pyro_dgm.inference.gibbs import Gibbs
 from pyro_dgm.inference.iwae import IWAE, importance_resample
 from pyro_dgm.inference.log_likelihood import LogLikelihood, log_marginal_likelihood
 from pyro_dgm.inference.mcmc import MCMC, VectorizedKernel
+from pyro_dgm.inference.model_info import ModelInfo, model_info
 from pyro_dgm.inference.perturbative import PerturbativeELBO
 from pyro_dgm.inference.random_walk_mh import RandomWalkMH
 
@@ -50,6 +51,7 @@ __all__ = [
     "IWAE",
     "LogLikelihood",
     "MCMC",
+    "ModelInfo",
     "NonFiniteLossError",
     "NotInvertibleError",
     "NotVectorizable",
@@ -61,4 +63,5 @@ __all__ = [
     "adaptation_windows",
     "importance_resample",
     "log_marginal_likelihood",
+    "model_info",
 ]

@@ -26,7 +26,7 @@ from pyro.infer.autoguide.initialization import InitMessenger, init_to_uniform
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from pyro_dgm.compare._traces import model_info
+from pyro_dgm.inference.model_info import model_info
 
 __all__ = ["CHAIN_PLATE", "ChainModel", "NotVectorizable", "SiteInfo", "describe_nonfinite",
            "plate_dims", "site_log_prob"]

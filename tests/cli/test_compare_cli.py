@@ -7,7 +7,7 @@ import torch
 
 from pyro_dgm.cli import main
 from pyro_dgm.compare._arviz import arviz
-from pyro_dgm.registry import METHODS, MethodEntry
+from pyro_dgm.compare.registry import METHODS, MethodEntry
 
 TINY = ["--num-samples", "20", "--num-warmup", "20", "--num-chains", "2", "--num-steps", "30",
         "--no-progress"]

@@ -9,7 +9,8 @@ from pyro.infer.mcmc import RandomWalkKernel
 
 from pyro_dgm.compare import from_guide, from_mcmc
 from pyro_dgm.compare._arviz import arviz
-from pyro_dgm.compare._traces import _score_loop, _score_vectorized, model_info
+from pyro_dgm.compare._scoring import _score_loop, _score_vectorized
+from pyro_dgm.inference.model_info import model_info
 from pyro_dgm.models import FactorAnalysis
 
 pytestmark = pytest.mark.filterwarnings("ignore:num_chains=2 is more than available_cpu")
@@ -28,7 +29,7 @@ def _no_silent_fallback(monkeypatch, request):
     """Models that broadcast must be scored in one vectorized trace, not draw by draw."""
     if "falls_back" in request.node.name:
         return
-    import pyro_dgm.compare._traces as traces
+    import pyro_dgm.compare._scoring as traces
 
     def fail(*args, **kwargs):
         raise AssertionError("vectorized scoring failed and fell back to the loop")

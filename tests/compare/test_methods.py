@@ -7,7 +7,7 @@ from pyro import poutine
 from pyro.infer.autoguide import init_to_median
 
 from pyro_dgm.compare.methods import init_to_jittered, map_start
-from pyro_dgm.registry import MODELS, Settings
+from pyro_dgm.compare.registry import MODELS, Settings
 
 
 def _log_joint(model, values, *args):

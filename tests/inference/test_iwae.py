@@ -494,7 +494,7 @@ def test_property_exact_guide_identities(case):
 
 
 def test_compare_methods_are_registered_and_run():
-    from pyro_dgm.registry import METHODS, Problem, Settings
+    from pyro_dgm.compare.registry import METHODS, Problem, Settings
 
     fa, d = fixed_fa(4, 2, 15)
     problem = Problem("fa-fixed", fa, (d.x,))

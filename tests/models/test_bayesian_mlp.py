@@ -9,8 +9,8 @@ from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_dgm.cli import main
+from pyro_dgm.compare.problems.bnn import bnn_toy_problem
 from pyro_dgm.models import BayesianMLP
-from pyro_dgm.models.bnn_problems import bnn_toy_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,9 +6,9 @@ import pyro
 import pytest
 import torch
 
+from pyro_dgm.compare.registry import METHODS, Problem, Settings
 from pyro_dgm.inference.flows import AmortizedFlowGuide
 from pyro_dgm.models import FactorAnalysis
-from pyro_dgm.registry import METHODS, Problem, Settings
 
 inference = pytest.importorskip("pyro_dgm.inference")
 IWAE = getattr(inference, "IWAE", None)

@@ -5,7 +5,7 @@
 - ``flow-iaf``: 4 IAF layers with MADE ``[64, 64]`` (Kingma et al., 2016);
 - ``flow-realnvp``: 8 affine coupling layers with ``[64, 64]`` (Dinh et al., 2017).
 
-Each fits with :func:`pyro_dgm.compare.methods.fit_svi` (Adam, rate decayed 10x) and is
+Each fits with :func:`~pyro_dgm.compare.methods.fitting.fit_svi` (Adam, rate decayed 10x) and is
 exported with :func:`pyro_dgm.compare.from_guide`. Example::
 
     pyro-dgm compare --model fa --methods nuts,meanfield,flow-realnvp --quick --out report
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from pyro.infer.autoguide import init_to_median
 
-from pyro_dgm.compare.export import from_guide
-from pyro_dgm.compare.methods import fit_svi, vi_draws
+from pyro_dgm.compare.methods.fitting import export_guide, fit_svi
+from pyro_dgm.compare.registry import register_method
+from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.inference.flows import FlowGuide
-from pyro_dgm.registry import Problem, Settings, register_method
 
 __all__ = ["FLOW_METHODS", "run_flow_guide"]
 
@@ -38,8 +38,7 @@ def run_flow_guide(problem: Problem, settings: Settings, method: str):
                       init_loc_fn=init_to_median, init_scale=0.1)
     guide = guide.to(device=settings.device)
     fit_svi(problem, guide, settings, lr=lr, desc=method)
-    return from_guide(problem.model, guide, *problem.args, num_samples=vi_draws(settings),
-                      **problem.kwargs)
+    return export_guide(problem, guide, settings)
 
 
 def _register(method: str) -> None:

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal, init_to_median
 
-from pyro_dgm.compare._traces import model_info
-from pyro_dgm.compare.export import from_guide, to_inference_data
-from pyro_dgm.compare.methods import fit_svi, vi_draws
+from pyro_dgm.compare.export import to_inference_data
+from pyro_dgm.compare.methods.fitting import export_guide, fit_svi, vi_draws
+from pyro_dgm.compare.registry import register_method
+from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.inference.iwae import IWAE, importance_resample
+from pyro_dgm.inference.model_info import model_info
 from pyro_dgm.inference.perturbative import PerturbativeELBO
-from pyro_dgm.registry import Problem, Settings, register_method
 
 __all__ = ["IWAE_PARTICLES", "PERTURBATIVE_PARTICLES"]
 
@@ -44,17 +45,13 @@ def _fit_iwae(problem: Problem, settings: Settings):
     return guide
 
 
-def _export(problem: Problem, guide, settings: Settings, objective: str):
-    return from_guide(problem.model, guide, *problem.args, num_samples=vi_draws(settings),
-                      attrs={"objective": objective}, **problem.kwargs)
-
-
 @register_method("iwae", kind="vi",
                  description=f"full-rank Gaussian guide on the IWAE bound (K={IWAE_PARTICLES}, "
                  "DReG)")
 def run_iwae(problem: Problem, settings: Settings):
     guide = _fit_iwae(problem, settings)
-    return _export(problem, guide, settings, f"IWAE(K={IWAE_PARTICLES}, dreg)")
+    return export_guide(problem, guide, settings,
+                        {"objective": f"IWAE(K={IWAE_PARTICLES}, dreg)"})
 
 
 @register_method("iwae-sir", kind="vi",
@@ -87,5 +84,5 @@ def run_perturbative(problem: Problem, settings: Settings):
                             vectorize_particles=problem.vectorizable,
                             max_plate_nesting=problem.max_plate_nesting)
     fit_svi(problem, guide, settings, loss=loss, desc="perturbative")
-    return _export(problem, guide, settings, f"PerturbativeELBO(order=3, "
-                   f"S={PERTURBATIVE_PARTICLES})")
+    return export_guide(problem, guide, settings, {
+        "objective": f"PerturbativeELBO(order=3, S={PERTURBATIVE_PARTICLES})"})

@@ -1,10 +1,5 @@
-r"""Blundell's 1-D toy regression and the ``bnn`` model of ``pyro-dgm compare``.
-
-Toy data (Blundell et al. 2015, Sec. 5.2):
-:math:`y = x + 0.3\sin(2\pi(x + \varepsilon)) + 0.3\sin(4\pi(x + \varepsilon)) + \varepsilon`,
-:math:`\varepsilon \sim \mathcal N(0, 0.02^2)`, :math:`x \sim U(0, 0.5)`. We read the paper's
-:math:`\mathcal N(0, 0.02)` as sd 0.02, as most reimplementations do; with variance 0.02
-the noise inside the sines swamps the curve (residual sd 2.7x the signal's).
+r"""The ``bnn`` model of ``pyro-dgm compare`` on Blundell's 1-D toy regression
+(:func:`pyro_dgm.data.blundell_toy_data`; Blundell et al. 2015, Sec. 5.2).
 
 The registered ``bnn`` problem is a one-hidden-layer tanh network,
 1 -> 5 -> 1 (16 weights and biases) with the noise sd fixed at 0.3, on 20 toy points
@@ -18,44 +13,26 @@ and ``docs/bayes_by_backprop.md``).
 
 Example::
 
-    >>> x, y = blundell_toy_data(20, seed=1)
-    >>> pyro-dgm compare --model bnn --quick --out report/
+    >>> model, x, y, stats = bnn_toy_problem(20, seed=1)
+
+    pyro-dgm compare --model bnn --quick --out report/
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from pyro_dgm._validation import check_int
+from pyro_dgm.compare.registry import register_model
+from pyro_dgm.compare.settings import Problem, Settings
+from pyro_dgm.data.toy_regression import blundell_toy_data
 from pyro_dgm.models.bayesian_mlp import BayesianMLP
-from pyro_dgm.registry import Problem, Settings, register_model
 
-__all__ = ["BNN_HIDDEN", "BNN_NOISE", "blundell_toy_data", "bnn_toy_problem", "toy_function"]
+__all__ = ["BNN_HIDDEN", "BNN_NOISE", "bnn_toy_problem"]
 
 #: hidden width of the registered ``bnn`` model (16 weights)
 BNN_HIDDEN = 5
 #: fixed noise sd of the registered model, in units of the standardized y
 BNN_NOISE = 0.3
-
-
-def toy_function(x: torch.Tensor, eps: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """Blundell's toy regression curve at ``x`` with noise ``eps``."""
-    return (x + 0.3 * torch.sin(2 * math.pi * (x + eps))
-            + 0.3 * torch.sin(4 * math.pi * (x + eps)) + eps)
-
-
-def blundell_toy_data(n: int = 40, *, seed: int = 0, low: float = 0.0, high: float = 0.5,
-                      noise_sd: float = 0.02, dtype: torch.dtype = torch.float64,
-                      device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` toy points, ``x`` uniform on ``[low, high]``: returns ``x (n, 1)``, ``y (n,)``."""
-    n = check_int("n", n, minimum=1)
-    gen = torch.Generator().manual_seed(seed)
-    x = low + (high - low) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
-    eps = noise_sd * torch.randn(n, 1, generator=gen, dtype=torch.float64)
-    y = toy_function(x, eps).squeeze(-1)
-    return x.to(dtype=dtype, device=device), y.to(dtype=dtype, device=device)
 
 
 def bnn_toy_problem(n: int = 20, hidden: int = BNN_HIDDEN, *, seed: int = 1,

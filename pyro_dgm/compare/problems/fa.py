@@ -14,9 +14,10 @@ weakly identified and different methods settle in different modes.
 
 from __future__ import annotations
 
+from pyro_dgm.compare.registry import register_model
+from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.data import load_tabular
 from pyro_dgm.models import FactorAnalysis
-from pyro_dgm.registry import Problem, Settings, register_model
 
 __all__: list[str] = []
 

@@ -1,72 +1,28 @@
-"""Trace utilities behind the ArviZ export: site shapes, vectorized draws, log-likelihoods.
+"""Scoring posterior draws through a model: log joint density and pointwise log-likelihood.
 
-A *prototype* trace (one run of the model, draws from the prior) tells every site's shape,
-its plates and whether it is observed. Posterior draws are then scored for all draws at once
-by running the model under an outer plate over draws (the same device Pyro's
-``Predictive(parallel=True)`` uses), padding each draw to the model's plate nesting so that
-global and local sites broadcast correctly. Models that do not vectorize fall back to one
-trace per draw.
+Posterior draws are scored for all draws at once by running the model under an outer plate
+over draws (the same device Pyro's ``Predictive(parallel=True)`` uses), padding each draw to
+the model's plate nesting so that global and local sites broadcast correctly. Models that do
+not vectorize fall back to one trace per draw. The sites' shapes come from
+:func:`pyro_dgm.inference.model_info`.
+
+Example::
+
+    >>> info = model_info(model, (x,))
+    >>> pointwise, lp = score_draws(model, {"beta": draws}, info, (x,))
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
-__all__ = ["ModelInfo", "model_info", "score_draws"]
+from pyro_dgm.inference.model_info import ModelInfo
 
-
-@dataclass
-class ModelInfo:
-    """What the export needs to know about a model, from one prototype trace."""
-
-    latent: dict[str, torch.Size]  # latent site -> value shape (batch + event)
-    observed: dict[str, torch.Tensor]  # observed site -> observed value
-    batch_ndim: dict[str, int]  # site -> number of batch dims
-    dims: dict[str, list[str]]  # site -> ArviZ dim names of the value
-    max_plate_nesting: int
-    #: latent site -> dtype of its values (discrete draws may be stored as floats)
-    dtypes: dict[str, torch.dtype] | None = None
-
-
-def _site_dims(name: str, site: dict) -> list[str]:
-    value_ndim = site["value"].dim()
-    names = [f"{name}_dim_{i}" for i in range(value_ndim)]
-    batch_ndim = len(site["fn"].batch_shape)
-    for frame in site["cond_indep_stack"]:
-        if frame.vectorized and frame.dim is not None and -frame.dim <= batch_ndim:
-            names[batch_ndim + frame.dim] = frame.name
-    return names
-
-
-def model_info(model, args: tuple = (), kwargs: dict | None = None) -> ModelInfo:
-    """Trace ``model(*args, **kwargs)`` once and describe its sample sites."""
-    kwargs = kwargs or {}
-    with torch.no_grad(), poutine.block():
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
-    latent, observed, batch_ndim, dims, dtypes = {}, {}, {}, {}, {}
-    nesting = 0
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if site["infer"].get("is_auxiliary"):
-            continue
-        for frame in site["cond_indep_stack"]:
-            if frame.vectorized and frame.dim is not None:
-                nesting = max(nesting, -frame.dim)
-        batch_ndim[name] = len(site["fn"].batch_shape)
-        dims[name] = _site_dims(name, site)
-        if site["is_observed"]:
-            observed[name] = site["value"].detach()
-        else:
-            latent[name] = site["value"].shape
-            dtypes[name] = site["value"].dtype
-    return ModelInfo(latent, observed, batch_ndim, dims, nesting, dtypes)
+__all__ = ["score_draws"]
 
 
 def _pad(value: torch.Tensor, info: ModelInfo, name: str) -> torch.Tensor:

@@ -1,0 +1,79 @@
+"""Built-in inference methods of ``pyro-dgm compare``: Pyro's NUTS and autoguides.
+
+- ``nuts``: :class:`pyro.infer.NUTS` under :class:`pyro.infer.MCMC` (the usual reference),
+  every chain started near the MAP point (:func:`map_start`);
+- ``meanfield``: :class:`~pyro.infer.autoguide.AutoNormal` (ADVI, mean-field Gaussian);
+- ``fullrank``: :class:`~pyro.infer.autoguide.AutoMultivariateNormal` (full-rank ADVI);
+- ``laplace``: :class:`~pyro.infer.autoguide.AutoLaplaceApproximation` (MAP, then a
+  Gaussian with the inverse Hessian of the negative log joint as covariance).
+
+The VI methods optimize with :func:`~pyro_dgm.compare.methods.fitting.fit_svi`; NUTS starts
+its chains with :func:`~pyro_dgm.compare.methods.starts.map_start`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from pyro.infer import MCMC, NUTS, Trace_ELBO
+from pyro.infer.autoguide import (
+    AutoLaplaceApproximation,
+    AutoMultivariateNormal,
+    AutoNormal,
+    init_to_median,
+)
+
+from pyro_dgm.compare._arviz import set_attrs
+from pyro_dgm.compare.export import from_mcmc
+from pyro_dgm.compare.methods.fitting import export_guide, fit_svi
+from pyro_dgm.compare.methods.starts import init_to_jittered, map_start
+from pyro_dgm.compare.registry import register_method
+from pyro_dgm.compare.settings import Problem, Settings, num_warmup
+
+__all__: list[str] = []
+
+
+@register_method("nuts", kind="mcmc", description="Pyro NUTS (reference), chains from the MAP")
+def run_nuts(problem: Problem, settings: Settings):
+    try:
+        strategy, start = init_to_jittered(map_start(problem, settings)), "MAP + jitter 0.1"
+    except (NotImplementedError, ValueError) as e:  # e.g. discrete latents: no AutoDelta
+        strategy = init_to_median(num_samples=15)
+        start = f"prior median (no MAP start: {type(e).__name__}: {e})"
+    kernel = NUTS(problem.model, jit_compile=problem.jit_compile,
+                  ignore_jit_warnings=True, init_strategy=strategy)
+    with warnings.catch_warnings():
+        # chains run one after another when there are fewer free cores than chains
+        warnings.filterwarnings("ignore", message="num_chains=")
+        # Pyro's jit_compile uses torch.jit.trace, deprecated in torch >= 2.10 but working
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace", category=DeprecationWarning)
+        mcmc = MCMC(kernel, num_samples=settings.num_samples, warmup_steps=num_warmup(settings),
+                    num_chains=settings.num_chains, disable_progbar=not settings.progress)
+        mcmc.run(*problem.args, **problem.kwargs)
+    idata = from_mcmc(mcmc)
+    set_attrs(idata, {"chain_start": start})
+    return idata
+
+
+@register_method("meanfield", kind="vi", description="AutoNormal: mean-field Gaussian ADVI")
+def run_meanfield(problem: Problem, settings: Settings):
+    guide = AutoNormal(problem.model, init_loc_fn=init_to_median, init_scale=0.05)
+    fit_svi(problem, guide, settings, desc="meanfield")
+    return export_guide(problem, guide, settings)
+
+
+@register_method("fullrank", kind="vi",
+                 description="AutoMultivariateNormal: full-rank Gaussian ADVI")
+def run_fullrank(problem: Problem, settings: Settings):
+    guide = AutoMultivariateNormal(problem.model, init_loc_fn=init_to_median, init_scale=0.05)
+    fit_svi(problem, guide, settings, desc="fullrank")
+    return export_guide(problem, guide, settings)
+
+
+@register_method("laplace", kind="vi",
+                 description="AutoLaplaceApproximation: MAP + inverse-Hessian Gaussian")
+def run_laplace(problem: Problem, settings: Settings):
+    guide = AutoLaplaceApproximation(problem.model, init_loc_fn=init_to_median)
+    fit_svi(problem, guide, settings, loss=Trace_ELBO(), desc="laplace")
+    laplace = guide.laplace_approximation(*problem.args, **problem.kwargs)
+    return export_guide(problem, laplace, settings)

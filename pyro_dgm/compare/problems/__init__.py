@@ -1,0 +1,17 @@
+"""The built-in models of ``pyro-dgm compare``, one module per family.
+
+- :mod:`~pyro_dgm.compare.problems.fa`: Bayesian factor analysis (``fa``, the default;
+  ``fa-local``; ``fa-synthetic``);
+- :mod:`~pyro_dgm.compare.problems.bnn`: a Bayesian neural network on Blundell's toy
+  regression (``bnn``);
+- :mod:`~pyro_dgm.compare.problems.mixture`: a Gaussian mixture with discrete assignments
+  (``mixture``).
+
+Importing this package registers them all. A new model goes in the module of its family (or
+a new one imported here), registered with
+:func:`pyro_dgm.compare.registry.register_model`.
+"""
+
+from pyro_dgm.compare.problems import bnn, fa, mixture
+
+__all__ = ["bnn", "fa", "mixture"]
