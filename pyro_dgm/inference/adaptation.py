@@ -40,7 +40,8 @@ import torch
 
 from pyro_dgm._validation import check_choice, check_int, check_positive, check_probability
 
-__all__ = ["COVARIANCES", "ProposalAdapter", "ProposalState", "adaptation_windows"]
+__all__ = ["COVARIANCES", "ProposalAdapter", "ProposalState", "adaptation_windows",
+           "check_proposal_args"]
 
 #: proposal covariance structures: adapted dense or diagonal, or the identity (step size only)
 COVARIANCES = ("dense", "diag", "identity")
@@ -87,6 +88,17 @@ def adaptation_windows(num_warmup: int, init_buffer: int = 75, term_buffer: int 
     return windows
 
 
+def check_proposal_args(covariance: str, target_accept: float,
+                        step_size: float | None) -> tuple[str, float, float | None]:
+    """Validate a proposal's settings (``ValueError`` naming the bad one) and return them;
+    the kernels call it when constructed, so a bad value fails before any run."""
+    covariance = check_choice("covariance", covariance, COVARIANCES)
+    target_accept = check_probability("target_accept", target_accept)
+    if step_size is not None:
+        step_size = check_positive("step_size", step_size)
+    return covariance, target_accept, step_size
+
+
 class ProposalState(NamedTuple):
     """Adaptation state of one proposal (tensors live on the sampler's device)."""
 
@@ -114,11 +126,10 @@ class ProposalAdapter:
                  adapt_step_size: bool = True):
         self.dim = check_int("dim", dim, minimum=1)
         self.num_warmup = check_int("num_warmup", num_warmup, minimum=0)
-        self.covariance = check_choice("covariance", covariance, COVARIANCES)
-        self.target_accept = check_probability("target_accept", target_accept)
+        self.covariance, self.target_accept, step_size = check_proposal_args(
+            covariance, target_accept, step_size)
         self.optimal_step = 2.38 / math.sqrt(self.dim)
-        self.step_size = (self.optimal_step if step_size is None
-                          else check_positive("step_size", step_size))
+        self.step_size = self.optimal_step if step_size is None else step_size
         self.adapt_step_size = bool(adapt_step_size)
         self.windows = adaptation_windows(num_warmup) if covariance != "identity" else []
         self._window_start = {start for start, _ in self.windows}

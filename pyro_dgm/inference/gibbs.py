@@ -46,7 +46,6 @@ Metropolis-within-Gibbs.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -55,7 +54,7 @@ from pyro.distributions import Distribution
 from pyro.infer.autoguide.initialization import init_to_uniform
 
 from pyro_dgm._validation import check_choice
-from pyro_dgm.inference.adaptation import ProposalAdapter
+from pyro_dgm.inference.adaptation import ProposalAdapter, check_proposal_args
 from pyro_dgm.inference.chain_model import (
     ChainModel,
     NotVectorizable,
@@ -64,10 +63,26 @@ from pyro_dgm.inference.chain_model import (
     site_log_prob,
 )
 from pyro_dgm.inference.mcmc import VectorizedKernel
+from pyro_dgm.inference.metropolis import MHState, check_finite_start, mh_step
 
 __all__ = ["SCANS", "Gibbs"]
 
 SCANS = ("systematic", "random")
+
+
+def _check_arguments(model, updates, scan: str, covariance: str, target_accept: float,
+                     step_size: float | None):
+    """Every check of :class:`Gibbs`'s arguments, at construction; returns them validated
+    (``updates`` as a new dict)."""
+    if not callable(model):
+        raise ValueError("model must be callable")
+    updates = dict(updates or {})
+    for name, fn in updates.items():
+        if not callable(fn):
+            raise ValueError(f"updates[{name!r}] must be callable, got {type(fn).__name__}")
+    covariance, target_accept, step_size = check_proposal_args(covariance, target_accept,
+                                                               step_size)
+    return updates, check_choice("scan", scan, SCANS), covariance, target_accept, step_size
 
 
 class Gibbs(VectorizedKernel):
@@ -93,21 +108,11 @@ class Gibbs(VectorizedKernel):
                  target_accept: float = 0.234, covariance: str = "dense",
                  step_size: float | None = None, init_strategy=init_to_uniform,
                  max_plate_nesting: int | None = None):
-        if not callable(model):
-            raise ValueError("model must be callable")
-        updates = dict(updates or {})
-        for name, fn in updates.items():
-            if not callable(fn):
-                raise ValueError(f"updates[{name!r}] must be callable, got {type(fn).__name__}")
-        ProposalAdapter(1, 0, covariance=covariance, target_accept=target_accept,
-                        step_size=step_size)  # validates now rather than at run time
+        (self.updates, self.scan, self.covariance, self.target_accept,
+         self.step_size) = _check_arguments(model, updates, scan, covariance, target_accept,
+                                            step_size)
         self.model = model
-        self.updates = updates
-        self.scan = check_choice("scan", scan, SCANS)
         self.random_walk = bool(random_walk)
-        self.target_accept = target_accept
-        self.covariance = covariance
-        self.step_size = step_size
         self.init_strategy = init_strategy
         self.max_plate_nesting = max_plate_nesting
         self.transforms = None
@@ -196,9 +201,7 @@ class Gibbs(VectorizedKernel):
                     values[name] = v.reshape(site.padded).to(site.dtype)
                 else:
                     values[name] = cm.constrain(name, v.reshape(site.unconstrained_padded))[0]
-            if not bool(torch.isfinite(cm.log_joint(values)).all()):
-                raise ValueError("initial_params: non-finite log density at the initial point: "
-                                 + describe_nonfinite(cm, values))
+            check_finite_start(cm.log_joint(values), lambda: describe_nonfinite(cm, values))
             return values
         return cm.valid_init_values(self.init_strategy, what="Gibbs")
 
@@ -330,18 +333,16 @@ class Gibbs(VectorizedKernel):
         x, ladj = cm.constrain(name, torch.stack([u, proposal]))
         dims = self._sum_dims[name]
         lp = self._conditional(name, x) + (ladj.sum(dims, keepdim=True) if dims else ladj)
-        log_alpha = torch.nan_to_num(lp[1] - lp[0], nan=-math.inf)
-        accept = torch.rand_like(log_alpha).log() < log_alpha  # (C, *plate dims)
-        event = (1,) * site.event_dim
-        new_x = torch.where(accept.reshape(accept.shape + event), x[1], x[0])
-        self._values[name] = new_x
-        accept_prob = log_alpha.clamp(max=0.0).exp()
+        # every plate element (C, *plate dims) is a unit: accepted independently
+        chain, info = mh_step(MHState((x[0], u), lp[0]), (x[1], proposal), lp[1],
+                              event_dim=site.event_dim)
+        self._values[name], new_u = chain.position
         if self._t < self._warmup_steps:
-            new_u = torch.where(accept.reshape(accept.shape + event), proposal, u)
             self._states[name] = adapter.adapt(state, self._t, new_u.reshape(-1, adapter.dim),
-                                               accept_prob)
+                                               info.accept_prob)
         else:
-            self._accepts[name] += accept.reshape(accept.shape[0], -1).to(u.dtype).mean(-1)
+            accepted = info.accepted
+            self._accepts[name] += accepted.reshape(accepted.shape[0], -1).to(u.dtype).mean(-1)
 
     def _update_user(self, name: str) -> None:
         cm, site = self._cm, self._cm.sites[name]

@@ -34,7 +34,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
@@ -42,7 +41,7 @@ from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_uniform
 from pyro.infer.mcmc.util import initialize_model
 
-from pyro_dgm.inference.adaptation import ProposalAdapter
+from pyro_dgm.inference.adaptation import ProposalAdapter, check_proposal_args
 from pyro_dgm.inference.chain_model import (
     ChainModel,
     NotVectorizable,
@@ -50,9 +49,17 @@ from pyro_dgm.inference.chain_model import (
     site_log_prob,
 )
 from pyro_dgm.inference.mcmc import VectorizedKernel
+from pyro_dgm.inference.metropolis import MHState, check_finite_start, mh_step
 
 __all__ = ["RandomWalkMH"]
 
+
+def _check_arguments(model, potential_fn, covariance: str, target_accept: float,
+                     step_size: float | None) -> tuple[str, float, float | None]:
+    """Every check of :class:`RandomWalkMH`'s arguments, at construction."""
+    if (model is None) == (potential_fn is None):
+        raise ValueError("RandomWalkMH: pass exactly one of model and potential_fn")
+    return check_proposal_args(covariance, target_accept, step_size)
 
 
 class RandomWalkMH(VectorizedKernel):
@@ -76,16 +83,10 @@ class RandomWalkMH(VectorizedKernel):
                  target_accept: float = 0.234, covariance: str = "dense",
                  adapt_step_size: bool = True, init_strategy=init_to_uniform,
                  transforms: dict | None = None, max_plate_nesting: int | None = None):
-        if (model is None) == (potential_fn is None):
-            raise ValueError("RandomWalkMH: pass exactly one of model and potential_fn")
-        # validates step_size, target_accept and covariance now rather than at run time
-        ProposalAdapter(1, 0, covariance=covariance, target_accept=target_accept,
-                        step_size=step_size)
+        self.covariance, self.target_accept, self.step_size = _check_arguments(
+            model, potential_fn, covariance, target_accept, step_size)
         self.model = model
         self.potential_fn = potential_fn
-        self.step_size = step_size
-        self.target_accept = target_accept
-        self.covariance = covariance
         self.adapt_step_size = adapt_step_size
         self.init_strategy = init_strategy
         self.transforms = transforms
@@ -112,20 +113,10 @@ class RandomWalkMH(VectorizedKernel):
                     "RandomWalkMH: non-finite log density at every initial point tried: "
                     + self._explain_single(args, kwargs)) from None
             self.transforms = transforms
+            init = {k: v.detach() for k, v in init.items()}
+            self._check_start(potential, init, lambda: self._explain_single(args, kwargs, init))
         else:
-            if user_init is None:
-                raise ValueError("initial_params: required when RandomWalkMH is given a "
-                                 "potential_fn")
-            init, potential = user_init, self.potential_fn
-            self.transforms = self._user_transforms or {}
-        init = {k: v.detach() for k, v in init.items()}
-        with torch.no_grad():
-            energy = potential(init)
-        if not bool(torch.isfinite(energy)):
-            where = (self._explain_single(args, kwargs, init) if self.model is not None
-                     else "potential_fn")
-            raise ValueError(f"initial_params: non-finite log density at the initial point: "
-                             f"{where}")
+            init, potential = self._user_start(user_init)
         self._initial_params = init
 
         def batched_potential(params):
@@ -161,17 +152,7 @@ class RandomWalkMH(VectorizedKernel):
         self._vectorized = True
         kwargs = kwargs or {}
         if self.potential_fn is not None:
-            if initial_params is None:
-                raise ValueError("initial_params: required when RandomWalkMH is given a "
-                                 "potential_fn")
-            self.transforms = self._user_transforms or {}
-            init = {k: v.detach() for k, v in initial_params.items()}
-            potential = self.potential_fn
-            with torch.no_grad():
-                energy = potential(init)
-            if not bool(torch.isfinite(energy).all()):
-                raise ValueError("initial_params: non-finite log density at the initial point: "
-                                 "potential_fn")
+            init, potential = self._user_start(initial_params)
         else:
             cm = ChainModel(self.model, args, kwargs, num_chains,
                             max_plate_nesting=self.max_plate_nesting)
@@ -190,6 +171,22 @@ class RandomWalkMH(VectorizedKernel):
             init = self._chain_init(cm, potential, initial_params)
         self._initial_params = init
         self._start(init, potential, warmup_steps)
+
+    def _user_start(self, initial_params: dict | None):
+        """Initial point and potential of a ``potential_fn`` kernel (checked finite)."""
+        if initial_params is None:
+            raise ValueError("initial_params: required when RandomWalkMH is given a "
+                             "potential_fn")
+        self.transforms = self._user_transforms or {}
+        init = {k: v.detach() for k, v in initial_params.items()}
+        self._check_start(self.potential_fn, init, lambda: "potential_fn")
+        return init, self.potential_fn
+
+    @staticmethod
+    def _check_start(potential, init: dict, where) -> None:
+        with torch.no_grad():
+            energy = potential(init)
+        check_finite_start(energy, where)
 
     def _chain_potential(self, cm: ChainModel):
         sites = cm.sites
@@ -217,9 +214,7 @@ class RandomWalkMH(VectorizedKernel):
 
         if initial_params is not None:
             init = {k: v.detach() for k, v in initial_params.items()}
-            if not bool(torch.isfinite(potential(init)).all()):
-                raise ValueError("initial_params: non-finite log density at the initial point: "
-                                 + describe_nonfinite(cm, constrained(init)))
+            self._check_start(potential, init, lambda: describe_nonfinite(cm, constrained(init)))
             return init
         init = unconstrained(cm.valid_init_values(self.init_strategy, what="RandomWalkMH"))
         if not bool(torch.isfinite(potential(init)).all()):
@@ -242,9 +237,8 @@ class RandomWalkMH(VectorizedKernel):
                                        step_size=self.step_size,
                                        adapt_step_size=self.adapt_step_size)
         self._state = self.adapter.init(self._num_chains, dtype=z.dtype, device=z.device)
-        self._z = z
         with torch.no_grad():
-            self._energy = potential(params).detach()
+            self._chain = MHState(z, -potential(params).detach())
         self._t = 0
         self._accept_count = torch.zeros(self._num_chains, dtype=z.dtype, device=z.device)
         self._accept_prob_sum = torch.zeros((), dtype=z.dtype, device=z.device)  # warm-up
@@ -266,46 +260,38 @@ class RandomWalkMH(VectorizedKernel):
 
     @torch.no_grad()
     def _step(self) -> None:
-        if self._t >= self._warmup_steps:
-            self._fixed_step()
-            return
-        state = self._state
-        proposal = self.adapter.propose(state, self._z)
+        """One MH step of every chain; during warm-up the proposal adapts, after it the
+        kernel is fixed (:math:`hL` computed once)."""
+        z = self._chain.position
+        warmup = self._t < self._warmup_steps
+        if warmup:
+            proposal = self.adapter.propose(self._state, z)
+        else:
+            if self._scale is None:  # no warm-up at all
+                self._scale = self.adapter.scaled_factor(self._state)
+            proposal = z + self.adapter.apply(self._scale, torch.randn_like(z))
         energy = self._potential(self._unflatten(proposal))
-        log_alpha = torch.nan_to_num(self._energy - energy, nan=-math.inf)
-        accept = torch.rand_like(log_alpha).log() < log_alpha
-        self._z = torch.where(accept.unsqueeze(-1), proposal, self._z)
-        self._energy = torch.where(accept, energy, self._energy)
-        accept_prob = log_alpha.clamp(max=0.0).exp()
-        self._state = self.adapter.adapt(state, self._t, self._z, accept_prob)
-        self._accept_prob_sum += accept_prob.mean()
+        self._chain, info = mh_step(self._chain, proposal, -energy, event_dim=1)
+        if warmup:
+            self._state = self.adapter.adapt(self._state, self._t, self._chain.position,
+                                             info.accept_prob)
+            self._accept_prob_sum += info.accept_prob.mean()
+        else:
+            self._accept_count += info.accepted
         self._t += 1
         if self._t == self._warmup_steps:
             self._scale = self.adapter.scaled_factor(self._state)
-
-    def _fixed_step(self) -> None:
-        """After warm-up: the bare MH step (NaN energies compare false: rejected)."""
-        if self._scale is None:  # no warm-up at all
-            self._scale = self.adapter.scaled_factor(self._state)
-        proposal = self._z + self.adapter.apply(self._scale, torch.randn_like(self._z))
-        energy = self._potential(self._unflatten(proposal))
-        accept = torch.rand_like(energy).log() < self._energy - energy
-        self._z = torch.where(accept.unsqueeze(-1), proposal, self._z)
-        self._energy = torch.where(accept, energy, self._energy)
-        self._accept_count += accept
-        self._t += 1
 
     def sample(self, params):
         """One Metropolis–Hastings step from ``params`` (batched under vectorized chains)."""
         if params is not self._last and self._names:  # moved by someone else: re-score
             batched = params if self._vectorized else {k: v.unsqueeze(0)
                                                        for k, v in params.items()}
-            self._z = self._flatten(batched)
             with torch.no_grad():
-                self._energy = self._potential(batched)
+                self._chain = MHState(self._flatten(batched), -self._potential(batched))
         if self._names:
             self._step()
-        out = self._unflatten(self._z)
+        out = self._unflatten(self._chain.position)
         if not self._vectorized:
             out = {k: v[0] for k, v in out.items()}
         self._last = out
