@@ -102,7 +102,7 @@ class IAF(ConditionalFlow):
 
     def __init__(self, dim: int, context_dim: int = 0, *,
                  hidden_dims: Sequence[int] = (64, 64), reverse: bool = False,
-                 log_scale_bound: float = 3.0, **unused):
+                 log_scale_bound: float = 3.0):
         super().__init__(dim, context_dim)
         order = torch.arange(self.dim)
         if reverse:

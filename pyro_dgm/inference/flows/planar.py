@@ -54,8 +54,7 @@ class Planar(ConditionalFlow):
 
     invertible = False
 
-    def __init__(self, dim: int, context_dim: int = 0, *, init_scale: float = 0.01,
-                 **unused):
+    def __init__(self, dim: int, context_dim: int = 0, *, init_scale: float = 0.01):
         super().__init__(dim, context_dim)
         d = self.dim
         self.u = nn.Parameter(torch.randn(d) * init_scale)

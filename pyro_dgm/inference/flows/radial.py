@@ -51,8 +51,7 @@ class Radial(ConditionalFlow):
 
     invertible = False
 
-    def __init__(self, dim: int, context_dim: int = 0, *, init_scale: float = 0.01,
-                 **unused):
+    def __init__(self, dim: int, context_dim: int = 0, *, init_scale: float = 0.01):
         super().__init__(dim, context_dim)
         d = self.dim
         self.z0 = nn.Parameter(torch.randn(d) * init_scale)

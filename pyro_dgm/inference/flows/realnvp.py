@@ -46,7 +46,7 @@ class AffineCoupling(ConditionalFlow):
 
     def __init__(self, dim: int, context_dim: int = 0, *,
                  hidden_dims: Sequence[int] = (64, 64), parity: int = 0,
-                 log_scale_bound: float = 3.0, **unused):
+                 log_scale_bound: float = 3.0):
         super().__init__(dim, context_dim)
         d = self.dim
         perm = torch.arange(d) if parity % 2 == 0 else torch.arange(d).flip(0)

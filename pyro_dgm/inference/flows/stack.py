@@ -2,7 +2,10 @@
 
 :func:`build_flows` turns a name from :data:`FLOWS` into a :class:`FlowSequence` of
 ``num_flows`` layers, alternating the variable order of IAF layers and the split of coupling
-layers so that every coordinate is transformed.
+layers so that every coordinate is transformed. Each layer receives only the keywords its
+constructor declares (:func:`layer_kwargs`): ``parity`` reaches coupling layers, ``reverse``
+IAF layers, ``hidden_dims`` both, and a keyword no flow declares (a misspelling) raises
+``TypeError`` instead of being ignored.
 
 Example::
 
@@ -12,7 +15,9 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from functools import cache
 
 from torch import nn
 
@@ -23,7 +28,7 @@ from pyro_dgm.inference.flows.planar import Planar
 from pyro_dgm.inference.flows.radial import Radial
 from pyro_dgm.inference.flows.realnvp import AffineCoupling
 
-__all__ = ["FLOWS", "FlowSequence", "build_flows", "check_flow_args"]
+__all__ = ["FLOWS", "FlowSequence", "build_flows", "check_flow_args", "layer_kwargs"]
 
 #: flow name -> class
 FLOWS: dict[str, type[ConditionalFlow]] = {
@@ -77,6 +82,22 @@ def check_flow_args(flow: str, num_flows: int) -> tuple[str, int]:
     return flow, check_int("num_flows", num_flows, minimum=1)
 
 
+@cache
+def _declared(cls: type) -> frozenset[str] | None:
+    """Keyword names ``cls(...)`` declares; ``None`` if it takes ``**kwargs``."""
+    params = inspect.signature(cls).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params)
+
+
+def layer_kwargs(cls: type[ConditionalFlow], layout: dict) -> dict:
+    """The entries of ``layout`` (keywords that only some flows take: ``parity``,
+    ``reverse``, ``hidden_dims``) that ``cls``'s constructor declares."""
+    declared = _declared(cls)
+    return {k: v for k, v in layout.items() if declared is None or k in declared}
+
+
 def build_flows(flow: str, dim: int, num_flows: int, *, context_dim: int = 0,
                 hidden_dims: Sequence[int] | None = None, **kwargs) -> FlowSequence:
     """``num_flows`` layers of the named flow on ``dim``-vectors.
@@ -84,15 +105,19 @@ def build_flows(flow: str, dim: int, num_flows: int, *, context_dim: int = 0,
     :param flow: one of :data:`FLOWS` (``"planar"``, ``"radial"``, ``"iaf"``,
         ``"realnvp"``).
     :param hidden_dims: hidden widths of the IAF/coupling networks (default ``(64, 64)``;
-        ignored by planar and radial flows).
-    :param kwargs: passed to every layer's constructor (e.g. ``init_scale``).
+        not passed to planar and radial flows, which have none).
+    :param kwargs: passed to every layer's constructor as they are (e.g. ``init_scale`` of
+        planar and radial flows, ``log_scale_bound`` of IAF and coupling layers).
+    :raises TypeError: a keyword in ``kwargs`` that the flow does not declare.
     """
     flow, num_flows = check_flow_args(flow, num_flows)
+    layout = {}
     if hidden_dims is not None:
-        hidden_dims = [check_int("hidden_dims", h, minimum=1) for h in hidden_dims]
-        kwargs["hidden_dims"] = hidden_dims
+        layout["hidden_dims"] = [check_int("hidden_dims", h, minimum=1) for h in hidden_dims]
     cls = FLOWS[flow]
-    layers = [cls(dim, context_dim, parity=k % 2, reverse=bool(k % 2), **kwargs)
+    layers = [cls(dim, context_dim,
+                  **layer_kwargs(cls, {**layout, "parity": k % 2, "reverse": bool(k % 2)}),
+                  **kwargs)
               for k in range(num_flows)]
     return FlowSequence(layers)
 

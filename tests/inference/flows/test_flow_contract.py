@@ -138,3 +138,16 @@ def test_bad_arguments_name_the_argument(name):
     flows = build_flows(name, 2, 1, context_dim=4)
     with pytest.raises(ValueError, match="context"):
         flows(torch.randn(3, 2))
+
+
+@pytest.mark.parametrize("name", list(FLOWS))
+def test_misspelt_keyword_raises(name):
+    """Every flow declares its keywords: a misspelt one is an error, not silently ignored,
+    both for the class itself and through build_flows (which passes parity/reverse/
+    hidden_dims only to the flows that declare them)."""
+    with pytest.raises(TypeError, match="bogus"):
+        FLOWS[name](DIM, bogus=1)
+    with pytest.raises(TypeError, match="bogus"):
+        build_flows(name, DIM, 2, bogus=1)
+    flows = build_flows(name, DIM, 2, hidden_dims=(4,))  # declared by some flows only
+    assert len(flows.flows) == 2
