@@ -52,6 +52,7 @@ from torch import nn
 
 from pyro_dgm._shared import data_plate
 from pyro_dgm._validation import check_choice, check_int, check_positive
+from pyro_dgm.models.rbm_training import CDTrainer
 
 __all__ = ["MAX_ENUMERATE_UNITS", "RBM", "binary_states"]
 
@@ -291,12 +292,10 @@ class RBM(nn.Module):
             batch_size: int = 100, lr: float = 0.05, momentum: float = 0.5,
             weight_decay: float = 0.0, optimizer: torch.optim.Optimizer | None = None,
             num_chains: int | None = None, generator: torch.Generator | None = None,
-            progress: bool | None = None, callback=None):
+            progress: bool | None = None, callback=None) -> CDTrainer:
         """Train by CD-k (``method="cd"``) or persistent CD (``"pcd"``); see
         :class:`~pyro_dgm.models.rbm_training.CDTrainer` for the arguments. Returns the
         trainer (its ``history`` holds per-epoch figures; call ``fit`` on it to go on)."""
-        from pyro_dgm.models.rbm_training import CDTrainer
-
         method = check_choice("method", method, ("cd", "pcd"))
         trainer = CDTrainer(self, optimizer, k=k, persistent=method == "pcd", lr=lr,
                             momentum=momentum, weight_decay=weight_decay,

@@ -28,6 +28,11 @@ figures on MNIST with 500 hidden units: CD1 ≈ −125.5, CD3 ≈ −105.5, CD25
 larger ``k`` and PCD do better. ``benchmarks/rbm.py`` compares them by exact
 log-likelihood on binarized 8×8 digits.
 
+The trainer needs of the model only what :class:`RBMLike` lists (free energy, block Gibbs,
+the input check and the parameters ``W``, ``b``, ``c``), so this module does not import
+:mod:`pyro_dgm.models.rbm`; :meth:`RBM.fit <pyro_dgm.models.rbm.RBM.fit>` builds a
+:class:`CDTrainer`.
+
 Example::
 
     >>> trainer = CDTrainer(rbm, k=1, persistent=True, lr=0.05)
@@ -37,19 +42,39 @@ Example::
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from tqdm.auto import tqdm
 
 from pyro_dgm._validation import check_int, check_positive
-from pyro_dgm.models.rbm import RBM
 
-__all__ = ["CDTrainer", "contrastive_divergence_loss"]
+__all__ = ["CDTrainer", "RBMLike", "contrastive_divergence_loss"]
 
 # With progress=None, a tqdm bar is shown for runs of at least this many updates.
 _PROGRESS_MIN_STEPS = 5000
 
 
-def contrastive_divergence_loss(rbm: RBM, data: torch.Tensor,
+@runtime_checkable
+class RBMLike(Protocol):
+    """What contrastive divergence uses of a model (:class:`~pyro_dgm.models.rbm.RBM` has
+    it): weights ``W`` and biases ``b``, ``c``, the free energy, block Gibbs steps and the
+    check of visible data."""
+
+    W: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
+
+    def free_energy(self, v: torch.Tensor) -> torch.Tensor: ...
+
+    def gibbs(self, v: torch.Tensor, num_steps: int = 1, *,
+              generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def check_visible(self, v, name: str = "v", *, binary: bool = True) -> torch.Tensor: ...
+
+
+def contrastive_divergence_loss(rbm: RBMLike, data: torch.Tensor,
                                 negatives: torch.Tensor) -> torch.Tensor:
     """Mean free energy of ``data`` minus that of the (detached) ``negatives``."""
     return rbm.free_energy(data).mean() - rbm.free_energy(negatives.detach()).mean()
@@ -71,11 +96,11 @@ class CDTrainer:
     ``free_energy_gap``, the mean surrogate loss (a training monitor, not a likelihood).
     """
 
-    def __init__(self, rbm: RBM, optimizer: torch.optim.Optimizer | None = None, *,
+    def __init__(self, rbm: RBMLike, optimizer: torch.optim.Optimizer | None = None, *,
                  k: int = 1, persistent: bool = False, num_chains: int | None = None,
                  lr: float = 0.05, momentum: float = 0.5, weight_decay: float = 0.0,
                  generator: torch.Generator | None = None):
-        if not isinstance(rbm, RBM):
+        if not isinstance(rbm, RBMLike):
             raise ValueError(f"rbm must be an RBM, got {type(rbm).__name__}")
         self.rbm = rbm
         self.k = check_int("k", k, minimum=1)
