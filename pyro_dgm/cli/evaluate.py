@@ -1,10 +1,13 @@
 """``pyro-dgm evaluate DIR``: test log-likelihood, ELBO, active units, bits per layer,
-samples and imputation of a ``pyro-dgm train`` run (see :mod:`pyro_dgm.evaluation`).
+samples and imputation of a ``pyro-dgm train`` run (see :mod:`pyro_dgm.dlgm.evaluation`).
 
 Example::
 
     pyro-dgm evaluate runs/iwae5                  # L_5000; writes evaluation.json and PNGs
     pyro-dgm evaluate runs/iwae5 --num-samples 500
+
+The parser is built from literals only; torch, Pyro and the application are imported only
+when the command runs.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_dgm.evaluation import evaluate_run
+    from pyro_dgm.dlgm import evaluate_run
 
     if args.threads < 1:
         raise ValueError(f"threads must be >= 1, got {args.threads}")

@@ -7,8 +7,11 @@ Example::
     pyro-dgm train --latent-dims 20 10 --guide iaf --objective elbo --out runs/iaf
 
 Checkpoints, ``metrics.csv``/``metrics.json`` and ``loss.png`` are written into ``--out``
-every epoch; see :mod:`pyro_dgm.training.dlgm`. ``--threads`` (default 1) sets torch's CPU
+every epoch; see :mod:`pyro_dgm.dlgm`. ``--threads`` (default 1) sets torch's CPU
 threads: these small networks run much faster single-threaded on a loaded machine.
+
+The parser is built from plain data (:mod:`pyro_dgm.defaults`); torch, Pyro and the
+application are imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -16,13 +19,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pyro_dgm.defaults import (
+    DLGM_DATASETS,
+    DLGM_ESTIMATORS,
+    DLGM_GUIDES,
+    DLGM_LIKELIHOODS,
+    DLGM_OBJECTIVES,
+    DTYPE_NAMES,
+)
+
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers) -> None:
-    from pyro_dgm.models.dlgm import GUIDES
-    from pyro_dgm.training.dlgm import DATASETS, OBJECTIVES
-
     p = subparsers.add_parser(
         "train", help="train a deep latent Gaussian model (VAE/IWAE) on the digits",
         description="Train a DLGM with ELBO, IWAE or perturbative objectives; write metrics, "
@@ -32,21 +41,21 @@ def add_parser(subparsers) -> None:
                    help="sizes of the stochastic layers, next to the data first (default 10)")
     p.add_argument("--hidden-dims", type=int, nargs="*", default=None,
                    help="hidden widths of every network (default 100 100)")
-    p.add_argument("--objective", default=None, choices=OBJECTIVES)
+    p.add_argument("--objective", default=None, choices=DLGM_OBJECTIVES)
     p.add_argument("--k", type=int, default=None, help="particles per data point")
-    p.add_argument("--estimator", default=None, choices=["iwae", "stl", "dreg"],
+    p.add_argument("--estimator", default=None, choices=DLGM_ESTIMATORS,
                    help="IWAE gradient estimator (default iwae)")
     p.add_argument("--order", type=int, default=None, help="perturbative order (odd)")
-    p.add_argument("--guide", default=None, choices=GUIDES)
+    p.add_argument("--guide", default=None, choices=DLGM_GUIDES)
     p.add_argument("--num-flows", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="total number of epochs")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--data", default=None, choices=DATASETS)
-    p.add_argument("--likelihood", default=None, choices=["bernoulli", "gaussian"])
+    p.add_argument("--data", default=None, choices=DLGM_DATASETS)
+    p.add_argument("--likelihood", default=None, choices=DLGM_LIKELIHOODS)
     p.add_argument("--binarize", default=None, choices=["dynamic", "fixed"])
     p.add_argument("--max-rows", type=int, default=None, help="use the first N training rows")
-    p.add_argument("--dtype", default=None, choices=["float32", "float64"])
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -68,7 +77,7 @@ _FIELDS = ("latent_dims", "hidden_dims", "objective", "k", "estimator", "order",
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_dgm.training.dlgm import TrainConfig
+    from pyro_dgm.dlgm import TrainConfig, resume_point, train
 
     if args.threads < 1:
         raise ValueError(f"threads must be >= 1, got {args.threads}")
@@ -79,53 +88,29 @@ def run(args: argparse.Namespace) -> int:
         if other:
             raise ValueError(f"--resume continues a stored config; only --epochs/--device "
                              f"may be given, got --{other[0].replace('_', '-')}")
-        out = args.out or args.resume
         if args.out is not None and args.out != args.resume:
             raise ValueError("--out must be the --resume directory (or left out)")
-        config = TrainConfig(**given)
-        if "epochs" not in given:
-            from pyro_dgm.training.checkpoint import load_checkpoint
-
-            config.epochs = int(load_checkpoint(args.resume)["config"]["epochs"])
-        result = _train(config, out, args, resume=True)
+        out = args.resume
+        config, resume = resume_point(out, map_location="cpu")
+        for name in ("epochs", "device"):
+            if name in given:
+                setattr(config, name, given[name])
     else:
         if args.out is None:
             raise ValueError("--out: give the run directory")
         if given.get("data") == "digits-continuous" and "likelihood" not in given:
             given["likelihood"] = "gaussian"
-        config = TrainConfig(**given).validate()
-        result = _train(config, args.out, args)
+        config, out, resume = TrainConfig(**given).validate(), args.out, False
+    strategy = None
+    if args.distributed:
+        from pyro_dgm.distributed import DDPStrategy
+
+        strategy = DDPStrategy()
+    result = train(config, out, resume=resume, progress=not args.no_progress,
+                   strategy=strategy)
     if result.history and result.is_main:
         last = result.history[-1]
         print(f"epoch {last['epoch']}: train loss {last['train_loss']:.3f}, "
               f"test ELBO {last['test_elbo']:.3f} nats/image; run in {result.out}",
               file=sys.stdout)
     return 0
-
-
-def _train(config, out, args: argparse.Namespace, resume: bool = False):
-    """``train(...)``, data-parallel over the ``torchrun`` processes with --distributed."""
-    from pyro_dgm.training.dlgm import load_data, train
-
-    if not args.distributed:
-        result = train(config, out, resume=resume, progress=not args.no_progress)
-        result.is_main = True
-        return result
-    from pyro_dgm.distributed import teardown, training_hooks
-
-    if resume:  # the stored batch size and rows decide the sharding
-        from pyro_dgm.training.checkpoint import load_checkpoint
-
-        stored = load_checkpoint(out)["config"]
-        batch_size, max_rows = stored["batch_size"], stored.get("max_rows")
-    else:
-        batch_size, max_rows = config.batch_size, config.max_rows
-    num_data = len(load_data(type(config)(data=config.data, max_rows=max_rows), 0, "train"))
-    ctx, hooks = training_hooks(batch_size, num_data, config.device or None)
-    config.device = str(ctx.device)
-    try:
-        result = train(config, out, resume=resume, progress=not args.no_progress, **hooks)
-    finally:
-        teardown()
-    result.is_main = ctx.is_main
-    return result

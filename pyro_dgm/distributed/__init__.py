@@ -26,9 +26,10 @@ DDP's gradient all-reduce takes the mean,
 which for a model with only global latents and the same random draws on every process
 (the same seed) is exactly the gradient of a single process on the global batch of size
 :math:`SB`. :func:`distribute_objective` does 1 and 2, :class:`ShardedIndexLoader` does 3,
-:func:`reduce_mean` averages the loss for logging. Multi-sample bounds whose log-sum-exp
-spans the whole data set (IWAE with a global latent) are *not* linear in the shards; see
-``docs/distributed.md`` for their bias.
+:func:`reduce_mean` averages the loss for logging; :class:`DDPStrategy` does all of it for
+:func:`pyro_dgm.dlgm.train` (``pyro-dgm train --distributed``). Multi-sample bounds whose
+log-sum-exp spans the whole data set (IWAE with a global latent) are *not* linear in the
+shards; see ``docs/distributed.md`` for their bias.
 
 **MCMC.** Each process runs its own chains with seed ``seed + rank``
 (:func:`rank_seed`); :func:`gather_chains` collects the ``InferenceData`` of every process and
@@ -57,12 +58,12 @@ Example (launched with ``torchrun --nproc_per_node 2 script.py``)::
 
 from pyro_dgm.distributed.chains import gather_chains, merge_chains
 from pyro_dgm.distributed.ddp import (
+    DDPStrategy,
     ShardedIndexLoader,
     distribute_objective,
     index_plates,
     reduce_mean,
     shard_permutation,
-    training_hooks,
     wrap_module,
 )
 from pyro_dgm.distributed.launch import (
@@ -75,6 +76,7 @@ from pyro_dgm.distributed.launch import (
 
 __all__ = [
     "TORCHRUN_ENV",
+    "DDPStrategy",
     "DistributedContext",
     "ShardedIndexLoader",
     "distribute_objective",
@@ -86,6 +88,5 @@ __all__ = [
     "setup_from_env",
     "shard_permutation",
     "teardown",
-    "training_hooks",
     "wrap_module",
 ]

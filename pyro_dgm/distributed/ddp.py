@@ -1,9 +1,10 @@
 r"""DistributedDataParallel for any objective's ``differentiable_loss`` module.
 
 Index loaders sharded by rank for ``pyro.plate(..., subsample=idx)``, the DDP wrapper that
-creates lazy guide parameters first, the training-loop hooks of ``pyro-dgm train
---distributed`` and the mean-reduced loss for logging. With :math:`S` processes the
-gradient is :math:`\nabla \frac1S\sum_s \hat L_s` (see :mod:`pyro_dgm.distributed`).
+creates lazy guide parameters first, the training strategy of ``pyro-dgm train
+--distributed`` (:class:`DDPStrategy`) and the mean-reduced loss for logging. With
+:math:`S` processes the gradient is :math:`\nabla \frac1S\sum_s \hat L_s` (see
+:mod:`pyro_dgm.distributed`).
 
 Example::
 
@@ -15,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 
 import pyro
@@ -25,9 +27,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pyro_dgm._validation import check_int
 from pyro_dgm.distributed.launch import DistributedContext, setup_from_env, teardown, world
+from pyro_dgm.dlgm.strategy import Strategy
 
-__all__ = ["ShardedIndexLoader", "distribute_objective", "index_plates", "reduce_mean",
-           "shard_permutation", "training_hooks", "wrap_module"]
+__all__ = ["DDPStrategy", "ShardedIndexLoader", "distribute_objective", "index_plates",
+           "reduce_mean", "shard_permutation", "wrap_module"]
 
 
 def shard_permutation(perm: torch.Tensor, batch_size: int, *, rank: int,
@@ -182,34 +185,75 @@ def wrap_module(module: torch.nn.Module, ctx: DistributedContext | None = None
     return DistributedDataParallel(module, device_ids=[ctx.local_rank] if cuda else None)
 
 
-def training_hooks(batch_size: int, num_data: int,
-                   device: str | torch.device | None = None) -> tuple[DistributedContext, dict]:
-    """Join the ``torchrun`` group and build the hooks of :func:`pyro_dgm.training.dlgm.train`.
+class DDPStrategy(Strategy):
+    """Data-parallel training for :func:`pyro_dgm.dlgm.train` over the ``torchrun`` processes.
 
-    ``batch_size`` is the *total* over processes (as in a single-process run), split evenly;
-    each epoch's permutation comes from the loop's generator (the same on every process) and
-    is sharded by :func:`shard_permutation`, so one step covers exactly the rows a single
-    process would use (the last partial batch is dropped).
+    :meth:`start` joins the process group (gloo on CPU, NCCL on CUDA, one GPU per process)
+    and splits the config's ``batch_size`` — the *total* over processes, as in a
+    single-process run — evenly. Each epoch's permutation comes from the loop's generator
+    (the same on every process) and is sharded by :func:`shard_permutation`, so one step
+    covers exactly the rows a single process would use (the last partial batch is
+    dropped). The loss module is wrapped in ``DistributedDataParallel``
+    (:func:`wrap_module`), the logged loss is the mean over processes
+    (:func:`reduce_mean`), only rank 0 writes files, and :meth:`close` leaves the group.
 
-    :returns: ``(ctx, {"index_batches", "wrap_loss", "is_main_process"})``.
-    :raises ValueError: no ``torchrun`` environment, more processes than rows, or a
-        ``batch_size`` that the world size does not divide.
+    Example (in a script started by ``torchrun --nproc_per_node 2``)::
+
+        >>> result = train(TrainConfig(epochs=10), "runs/ddp", strategy=DDPStrategy())
+        >>> result.is_main                      # True on rank 0 only
     """
-    batch_size = check_int("batch_size", batch_size, minimum=1)
-    ctx = setup_from_env(device, num_data=num_data)
-    if batch_size % ctx.world_size:
+
+    def __init__(self) -> None:
+        self.ctx: DistributedContext | None = None
+        self.per_rank: int | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (before :meth:`start`: the ``RANK`` of the environment)."""
+        if self.ctx is not None:
+            return self.ctx.is_main
+        return int(os.environ.get("RANK", "0")) == 0
+
+    def start(self, *, device: str, batch_size: int, num_data: int) -> str:
+        """Join the group; returns this process's device (``cuda:<local rank>`` on CUDA).
+
+        :raises ValueError: no ``torchrun`` environment, more processes than rows, or a
+            ``batch_size`` that the world size does not divide.
+        """
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.ctx = setup_from_env(device or None, num_data=num_data)
+        if batch_size % self.ctx.world_size:
+            teardown()
+            raise ValueError(f"--batch-size {batch_size} is not divisible by the world size "
+                             f"{self.ctx.world_size}: it is the total batch over all "
+                             "processes")
+        self.per_rank = batch_size // self.ctx.world_size
+        return str(self.ctx.device)
+
+    def _context(self) -> DistributedContext:
+        if self.ctx is None:
+            raise ValueError("DDPStrategy: call start() first (train does)")
+        return self.ctx
+
+    def index_batches(self, epoch: int, num_data: int,
+                      generator: torch.Generator) -> list[torch.Tensor]:
+        """This rank's shard of each global batch of the epoch's permutation."""
+        ctx = self._context()
+        perm = torch.randperm(num_data, generator=generator)
+        return shard_permutation(perm, self.per_rank, rank=ctx.rank,
+                                 world_size=ctx.world_size)
+
+    def wrap(self, loss_module: torch.nn.Module) -> DistributedDataParallel:
+        """``loss_module`` in ``DistributedDataParallel`` (gradients averaged)."""
+        return wrap_module(loss_module, self._context())
+
+    def reduce(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over the processes."""
+        return reduce_mean(value)
+
+    def close(self) -> None:
+        """Leave the process group."""
         teardown()
-        raise ValueError(f"--batch-size {batch_size} is not divisible by the world size "
-                         f"{ctx.world_size}: it is the total batch over all processes")
-    per_rank = batch_size // ctx.world_size
-
-    def index_batches(epoch: int, n: int, generator: torch.Generator) -> list[torch.Tensor]:
-        perm = torch.randperm(n, generator=generator)
-        return shard_permutation(perm, per_rank, rank=ctx.rank, world_size=ctx.world_size)
-
-    hooks = {"index_batches": index_batches, "wrap_loss": lambda m: wrap_module(m, ctx),
-             "is_main_process": ctx.is_main}
-    return ctx, hooks
 
 
 def reduce_mean(value: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ read backwards (Burda et al. 2015):
 :math:`q(z_1 \mid x)\,q(z_2 \mid z_1)\cdots q(z_L \mid z_{L-1})`, each a diagonal Gaussian
 whose mean and log-scale come from an MLP. For a flow posterior use
 :class:`~pyro_dgm.inference.flows.AmortizedFlowGuide` on the same model
-(:func:`make_guide` builds either).
+(:func:`pyro_dgm.dlgm.make_guide` builds either by name).
 
 Example::
 
@@ -47,12 +47,12 @@ from torch import nn
 
 from pyro_dgm._shared import data_plate, inverse_softplus, mlp
 from pyro_dgm._validation import check_choice, check_int
+from pyro_dgm.defaults import DLGM_LIKELIHOODS
 
-__all__ = ["DLGM", "DLGMGuide", "GUIDES", "make_guide"]
+__all__ = ["DLGM", "DLGMGuide"]
 
-LIKELIHOODS = ("bernoulli", "gaussian")
-#: guide names accepted by :func:`make_guide`
-GUIDES = ("gaussian", "planar", "radial", "iaf", "realnvp")
+#: likelihoods of :class:`DLGM`
+LIKELIHOODS = DLGM_LIKELIHOODS
 
 
 def _check_dims(latent_dims, hidden_dims) -> tuple[list[int], list[int]]:
@@ -212,19 +212,3 @@ class DLGMGuide(PyroModule):
                 out[f"z{i + 1}"] = h
             return out
 
-
-def make_guide(model: DLGM, guide: str = "gaussian", *, num_flows: int = 4,
-               hidden_dims: Sequence[int] | None = None):
-    """The recognition model ``guide`` for ``model``.
-
-    ``"gaussian"``: :class:`DLGMGuide`; ``"planar"``, ``"radial"``, ``"iaf"``, ``"realnvp"``:
-    :class:`~pyro_dgm.inference.flows.AmortizedFlowGuide` with ``num_flows`` flows on every
-    layer, all conditioned on an MLP encoding of ``x``.
-    """
-    check_choice("guide", guide, GUIDES)
-    if guide == "gaussian":
-        return DLGMGuide(model, hidden_dims)
-    from pyro_dgm.inference.flows import AmortizedFlowGuide
-
-    hidden = list(model.hidden_dims if hidden_dims is None else hidden_dims)
-    return AmortizedFlowGuide(model, flow=guide, num_flows=num_flows, encoder_hidden=hidden)

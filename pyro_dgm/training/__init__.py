@@ -1,7 +1,16 @@
-"""Training loops with checkpoints: :func:`train` for deep latent Gaussian models."""
+"""Training loops with checkpoints (old import path of :mod:`pyro_dgm.dlgm`).
 
-from pyro_dgm.training.checkpoint import load_checkpoint, save_checkpoint
-from pyro_dgm.training.dlgm import TrainConfig, TrainResult, load_trained, train
+Deprecated: kept for old imports; will be removed — import from pyro_dgm.dlgm.
+"""
+
+from pyro_dgm.dlgm import (
+    TrainConfig,
+    TrainResult,
+    load_checkpoint,
+    load_trained,
+    save_checkpoint,
+    train,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "load_checkpoint", "load_trained", "save_checkpoint",
            "train"]

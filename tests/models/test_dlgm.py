@@ -5,9 +5,9 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
+from pyro_dgm.dlgm import make_guide
 from pyro_dgm.inference import IWAE
 from pyro_dgm.models import DLGM, DLGMGuide
-from pyro_dgm.models.dlgm import make_guide
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

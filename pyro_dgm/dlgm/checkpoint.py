@@ -14,11 +14,18 @@ half-written checkpoint under a checkpoint name. The last ``keep`` checkpoints a
 previous one is still there; :func:`load_checkpoint` then raises a ``ValueError`` naming
 the damaged file and the intact one to fall back on.
 
+**Resume is resolved here, once**: :func:`resume_point` reads the newest checkpoint of a run
+and returns its stored :class:`~pyro_dgm.dlgm.TrainConfig` and state; the command line and
+:func:`~pyro_dgm.dlgm.train` both go through it. :func:`load_trained` rebuilds the trained
+model and guide from the same point (for evaluation).
+
 Example::
 
     >>> save_checkpoint(out, {"epoch": 3, "model": model.state_dict(), ...})
     >>> state = load_checkpoint(out)          # newest one; ValueError if damaged/missing
     >>> restore_rng_state(state["rng"])
+    >>> config, state = resume_point(out)     # the stored config, validated, and the state
+    >>> model, guide, config, state = load_trained(out)
 """
 
 from __future__ import annotations
@@ -29,10 +36,15 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pyro
 import torch
 
-__all__ = ["capture_rng_state", "checkpoint_paths", "load_checkpoint", "restore_rng_state",
-           "save_checkpoint"]
+from pyro_dgm.dlgm.config import TrainConfig, load_data
+from pyro_dgm.dlgm.guides import build
+from pyro_dgm.models.dlgm import DLGM
+
+__all__ = ["capture_rng_state", "checkpoint_paths", "load_checkpoint", "load_trained",
+           "restore_rng_state", "resume_point", "save_checkpoint"]
 
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
@@ -95,7 +107,8 @@ def save_checkpoint(directory: str | os.PathLike, state: dict, *, keep: int = 2)
     return path
 
 
-def load_checkpoint(directory: str | os.PathLike, map_location=None) -> dict:
+def load_checkpoint(directory: str | os.PathLike,
+                    map_location: str | torch.device | None = None) -> dict:
     """Load the newest checkpoint of ``directory`` with ``weights_only=True``.
 
     :raises ValueError: no such directory, no checkpoint in it, or a newest checkpoint that
@@ -123,3 +136,46 @@ def load_checkpoint(directory: str | os.PathLike, map_location=None) -> dict:
                          f"(needs keys {', '.join(required)})")
     state["path"] = str(path)
     return state
+
+
+def resume_point(directory: str | os.PathLike,
+                 map_location: str | torch.device | None = None) -> tuple[TrainConfig, dict]:
+    """The stored config and the state of the newest checkpoint of ``directory``.
+
+    The one place a run is read back for resuming: the caller may change ``epochs`` (the
+    total) and ``device`` of the returned config and hand both to
+    :func:`~pyro_dgm.dlgm.train` (``train(config, out, resume=state)``).
+
+    :param map_location: where to load the tensors (``"cpu"`` for resuming: the random
+        states must be CPU tensors).
+    :raises ValueError: as :func:`load_checkpoint`, or a stored config that is not valid.
+
+    Example::
+
+        >>> config, state = resume_point("runs/iwae5", map_location="cpu")
+        >>> config.epochs = 80
+        >>> result = train(config, "runs/iwae5", resume=state)
+    """
+    state = load_checkpoint(directory, map_location=map_location)
+    return TrainConfig.from_dict(state["config"]), state
+
+
+def load_trained(directory: str | os.PathLike, map_location: str | torch.device | None = None
+                 ) -> tuple[DLGM, torch.nn.Module, TrainConfig, dict]:
+    """``(model, guide, config, state)`` from the newest checkpoint of ``directory``.
+
+    :param map_location: device to rebuild the model on (default: the stored one).
+
+    Example::
+
+        >>> model, guide, config, state = load_trained("runs/iwae5")
+    """
+    config, state = resume_point(directory, map_location=map_location)
+    if map_location is not None:
+        config.device = str(map_location)
+    x = load_data(config, 0, "train")
+    with pyro.settings.context(module_local_params=True):
+        model, guide = build(config, x)
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+    return model, guide, config, state

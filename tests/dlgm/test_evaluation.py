@@ -7,9 +7,9 @@ import pyro
 import pytest
 import torch
 
-from pyro_dgm import evaluation
 from pyro_dgm.data import load_digits
-from pyro_dgm.evaluation import (
+from pyro_dgm.dlgm import evaluation
+from pyro_dgm.dlgm.evaluation import (
     active_units,
     bits_per_dim,
     impute,

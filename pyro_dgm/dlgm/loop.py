@@ -1,0 +1,225 @@
+r"""Training loop for :class:`~pyro_dgm.models.DLGM` with checkpoints and exact resume.
+
+One epoch: the :class:`~pyro_dgm.dlgm.Strategy` hands out **index tensors** ``idx`` (by
+default a random permutation cut into minibatches), and each step is
+
+.. code-block:: python
+
+    loss = step_module(x, subsample=idx)   # strategy.wrap(objective(model, guide))
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+where ``objective(model, guide)`` is the ``nn.Module`` whose forward is the objective's
+``differentiable_loss`` (``Trace_ELBO``, :class:`~pyro_dgm.inference.IWAE` or
+:class:`~pyro_dgm.inference.PerturbativeELBO`), an unbiased estimate of the negative bound
+of the whole training set (scale :math:`N/B`). The strategy (default
+:class:`~pyro_dgm.dlgm.LocalStrategy`, one process; data-parallel:
+:class:`pyro_dgm.distributed.DDPStrategy`) decides the batches, the wrapper, how the logged
+loss is reduced and which process writes files.
+
+Every epoch writes ``metrics.csv``/``metrics.json`` (train loss and test ELBO in nats per
+image, seconds) and a checkpoint (:mod:`~pyro_dgm.dlgm.checkpoint`) holding model, guide,
+optimizer, the random states and the epoch; ``loss.png`` every :data:`PLOT_EVERY` epochs
+and at the end. ``train(config, out, resume=True)`` reloads the newest checkpoint (through
+:func:`~pyro_dgm.dlgm.resume_point`) and continues exactly: the per-epoch data order and
+dynamic binarization come from generators seeded by ``(seed, epoch)``, and the sampling
+state from the restored RNGs, so 4 epochs equal 2 epochs plus a resume for 2.
+``config.epochs`` is the total number of epochs.
+
+Example::
+
+    >>> cfg = TrainConfig(latent_dims=[10], objective="iwae", k=5, epochs=20)
+    >>> result = train(cfg, "runs/iwae5")
+    >>> result.history[-1]["test_elbo"]
+    >>> result = train(TrainConfig(epochs=40), "runs/iwae5", resume=True)   # 20 more
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_dgm.dlgm.checkpoint import (
+    capture_rng_state,
+    restore_rng_state,
+    resume_point,
+    save_checkpoint,
+)
+from pyro_dgm.dlgm.config import TrainConfig, load_data
+from pyro_dgm.dlgm.guides import build, build_objective
+from pyro_dgm.dlgm.strategy import LocalStrategy, Strategy
+from pyro_dgm.models.dlgm import DLGM
+
+__all__ = ["PLOT_EVERY", "TrainResult", "train"]
+
+#: ``loss.png`` is redrawn every this many epochs and after the last one
+PLOT_EVERY = 10
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    :param model: the trained model; ``guide`` the trained recognition model.
+    :param history: one dict per epoch (``epoch``, ``train_loss``, ``test_elbo``,
+        ``seconds``), resumed epochs included.
+    :param out: the run directory (``None``: nothing was written).
+    :param is_main: whether this process is the main one (the one that wrote the files;
+        always ``True`` in a single process).
+    """
+
+    model: DLGM
+    guide: torch.nn.Module
+    history: list[dict]
+    out: Path | None
+    is_main: bool = True
+
+
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    (out / "metrics.json").write_text(json.dumps(history, indent=1))
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _plot_loss(out: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss (−bound)")
+    ax.plot(epochs, [-h["test_elbo"] for h in history], label="test −ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+def _resolve(config: TrainConfig, out: Path | None,
+             resume: bool | dict) -> tuple[TrainConfig, dict | None]:
+    """The run's config and the checkpoint state to continue from (``None``: fresh)."""
+    if isinstance(resume, dict):  # already read by resume_point
+        return config.validate(), resume
+    if not resume:
+        return config.validate(), None
+    if out is None:
+        raise ValueError("resume needs the run directory")
+    stored, state = resume_point(out, map_location="cpu")
+    stored.epochs = config.epochs
+    return stored.validate(), state
+
+
+def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
+          resume: bool | dict = False, progress: bool = True,
+          strategy: Strategy | None = None) -> TrainResult:
+    """Train (or continue training) a DLGM; see the module docstring.
+
+    :param config: the run. With ``resume=True`` every field but ``epochs`` comes from the
+        checkpoint.
+    :param out: output directory (metrics, plot, checkpoints); ``None`` writes nothing.
+    :param resume: ``True``: continue from the newest checkpoint in ``out``; or the state
+        returned by :func:`~pyro_dgm.dlgm.resume_point`, with ``config`` the config returned
+        with it (``epochs`` and ``device`` may be changed).
+    :param progress: show a progress bar (main process only).
+    :param strategy: how the loop spreads over processes (default:
+        :class:`~pyro_dgm.dlgm.LocalStrategy`); closed when the loop ends.
+    :raises ValueError: bad config, data the model cannot take, resume without checkpoint,
+        a diverging loss.
+
+    Example::
+
+        >>> result = train(TrainConfig(epochs=2), "runs/vae", progress=False)
+        >>> [h["epoch"] for h in result.history]
+        [1, 2]
+    """
+    out = None if out is None else Path(out)
+    strategy = LocalStrategy() if strategy is None else strategy
+    try:
+        config, state = _resolve(config, out, resume)
+        x0 = load_data(config, 0, "train")  # its own generators: no global random state
+        device = strategy.start(device=config.device, batch_size=config.batch_size,
+                                num_data=len(x0))
+        if device != config.device:  # e.g. "cuda" -> "cuda:<local rank>"
+            config.device = device
+            x0 = load_data(config, 0, "train")
+        with pyro.settings.context(module_local_params=True):
+            return _loop(config, out, state, x0, strategy, progress)
+    finally:
+        strategy.close()
+
+
+def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.Tensor,
+          strategy: Strategy, progress: bool) -> TrainResult:
+    pyro.set_rng_seed(config.seed)
+    x_test = load_data(config, None, "test")
+    model, guide = build(config, x0)
+    model.check_data(x0, "data")
+    loss_module = build_objective(config)(model, guide)
+    optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
+    history: list[dict] = []
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = list(state.get("extra", {}).get("history", []))
+        start = int(state["epoch"])
+        restore_rng_state(state["rng"])
+    step_module = strategy.wrap(loss_module)
+    num_data = len(x0)
+    eval_loss = build_objective(TrainConfig(objective="elbo", k=1))
+    main = strategy.is_main
+    if out is not None and main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, config.epochs), disable=not (progress and main), desc="train",
+               unit="epoch", initial=start, total=config.epochs)
+    for epoch in bar:
+        began = time.perf_counter()
+        x = x0 if epoch == 0 or config.binarize == "fixed" or config.data != "digits" \
+            else load_data(config, epoch, "train")
+        g = torch.Generator().manual_seed(config.seed * 7919 + epoch)
+        total, count = torch.zeros((), dtype=x.dtype, device=x.device), 0
+        for idx in strategy.index_batches(epoch, num_data, g):
+            loss = step_module(x, subsample=idx.to(x.device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total = total + loss.detach()
+            count += 1
+        total = strategy.reduce(total)
+        with torch.no_grad():
+            test_elbo = -eval_loss.differentiable_loss(model, guide, x_test) / len(x_test)
+        row = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1) / num_data,
+               "test_elbo": float(test_elbo), "seconds": time.perf_counter() - began}
+        if not math.isfinite(row["train_loss"]):
+            raise ValueError(f"training diverged at epoch {epoch + 1}: loss is "
+                             f"{row['train_loss']} (lower the learning rate)")
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.2f}", test_elbo=f"{row['test_elbo']:.2f}")
+        if out is not None and main:
+            _write_metrics(out, history)
+            if (epoch + 1) % PLOT_EVERY == 0 or epoch + 1 == config.epochs:
+                _plot_loss(out, history)
+            save_checkpoint(out, {
+                "epoch": epoch + 1, "config": asdict(config),
+                "model": model.state_dict(), "guide": guide.state_dict(),
+                "optimizer": optimizer.state_dict(), "rng": capture_rng_state(),
+                "extra": {"history": history}})
+    bar.close()
+    return TrainResult(model, guide, history, out, is_main=main)
