@@ -1,4 +1,5 @@
-r"""Trace plumbing shared by the importance-weighted objectives and the evidence estimator.
+r"""Per-data-point log weights of particles, shared by the importance-weighted objectives
+and the evidence estimator.
 
 One pass runs the guide under a vectorized plate over ``K`` particles, replays the model
 against it and reduces every site's log density to *per-data-point log weights*
@@ -19,15 +20,18 @@ returned as :attr:`Particles.scale`, for the objectives to apply after their non
 (log-sum-exp), which keeps a minibatch estimate unbiased for the full-data bound. Scales of
 other plates or of ``poutine.scale`` stay inside.
 
-For the path-derivative estimators (STL, DReG) the guide density is re-evaluated with its
-parameters held fixed (``rescore="stl"``): a guide with a single sample site by subtracting
-its score, :math:`\log q(z) - \log q(\bar z) + \operatorname{sg}\log q(\bar z)` with
-:math:`\bar z` the detached value; otherwise by re-running the guide conditioned on the drawn
-values with every guide parameter's ``requires_grad`` switched off. ``rescore="dreg"``
-additionally routes the values the densities see through :class:`_GradScale`, which
-multiplies the gradient flowing back into the guide's sample by the normalized importance
-weight :math:`\tilde w_k` (set by the objective once the weights are known): together with
-the :math:`\tilde w_k` of the log-sum-exp this gives DReG's :math:`\tilde w_k^2`.
+The traces themselves come from :class:`~pyro_dgm.inference._trace_pass.TracePass` (which
+also re-scores the guide for the STL and DReG estimators); this module reduces them and
+holds :class:`ParticleObjective`, the base of :class:`~pyro_dgm.inference.IWAE` and
+:class:`~pyro_dgm.inference.PerturbativeELBO` (Burda, Grosse & Salakhutdinov 2016; Bamler
+et al. 2017).
+
+Example::
+
+    >>> particles = draw_particles(model, guide, (x,), {}, num_particles=16,
+    ...                            max_plate_nesting=1)
+    >>> particles.log_weights.shape                    # (16, N): per data point
+    >>> bound = torch.logsumexp(particles.log_weights, 0) - math.log(16)
 """
 
 from __future__ import annotations
@@ -36,18 +40,23 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import is_identically_one, scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
-from pyro.poutine.util import site_is_subsample
-from pyro.util import check_model_guide_match, check_site_shape
+from pyro.util import check_site_shape
 
 from pyro_dgm._validation import check_int
-from pyro_dgm.inference.flows.base import NotInvertibleError
+from pyro_dgm.inference._trace_pass import (
+    PARTICLE_PLATE,
+    TracePass,
+    WeightHolder,
+    check_reparam,
+    sample_sites,
+    traced_log_prob,
+)
 
 __all__ = [
     "PARTICLE_PLATE",
@@ -59,9 +68,6 @@ __all__ = [
     "guess_plate_nesting",
 ]
 
-#: Name of the vectorized particle plate (Pyro's own, so models that look for it still work).
-PARTICLE_PLATE = "num_particles_vectorized"
-
 
 class BiasedSubsampleWarning(UserWarning):
     """A subsampled plate lies outside the per-data-point weight plates (global latents):
@@ -70,44 +76,6 @@ class BiasedSubsampleWarning(UserWarning):
 
 class NonFiniteLossError(ValueError):
     """The objective is NaN or infinite; the message names the offending sample sites."""
-
-
-class _WeightHolder:
-    """Normalized importance weights ``(K, *plates)``, filled in after the forward pass."""
-
-    __slots__ = ("weights",)
-
-    def __init__(self):
-        self.weights: torch.Tensor | None = None
-
-
-def _align(weights: torch.Tensor, batch_ndim: int, event_dim: int) -> torch.Tensor:
-    """Reshape ``(..., *plates)`` weights to broadcast against a site's value.
-
-    Dimensions left of the value's batch shape have size one (they are not weight plates,
-    which every site has), so they are dropped."""
-    extra = weights.dim() - batch_ndim
-    if extra > 0:
-        weights = weights.reshape(weights.shape[extra:])
-    elif extra < 0:
-        weights = weights.reshape((1,) * -extra + weights.shape)
-    return weights.reshape(weights.shape + (1,) * event_dim)
-
-
-class _GradScale(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by the holder's weights."""
-
-    @staticmethod
-    def forward(ctx, value, holder, index, batch_ndim, event_dim):
-        ctx.holder, ctx.index, ctx.batch_ndim, ctx.event_dim = holder, index, batch_ndim, event_dim
-        return value.view_as(value)
-
-    @staticmethod
-    def backward(ctx, grad):
-        weights = ctx.holder.weights
-        if ctx.index is not None:  # sequential particles: this trace is particle `index`
-            weights = weights[ctx.index]
-        return grad * _align(weights, ctx.batch_ndim, ctx.event_dim), None, None, None, None
 
 
 @dataclass
@@ -127,7 +95,7 @@ class Particles:
     #: subsampled plates outside the weight plates
     biased_plates: tuple = ()
     #: DReG's gradient-scaling weights, to be set by the objective
-    holder: _WeightHolder | None = None
+    holder: WeightHolder | None = None
     #: the guide trace (of the first particle, when sequential): the particles' values
     guide_trace: object = None
 
@@ -166,144 +134,12 @@ def _plate_nesting(sites) -> int:
                default=0)
 
 
-def _sample_sites(trace):
-    return [(name, site) for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site)]
-
-
-def _site_log_prob(site, value=None):
-    value = site["value"] if value is None else value
-    return site["fn"].log_prob(value, *site["args"], **site["kwargs"])
-
-
-def _guide_leaves(guide, guide_trace) -> list[torch.Tensor]:
-    """Leaf tensors behind the guide's parameters (param store and module parameters)."""
-    leaves = {}
-    for site in guide_trace.nodes.values():
-        if site["type"] == "param":
-            value = site["value"]
-            unconstrained = getattr(value, "unconstrained", None)
-            leaf = unconstrained() if unconstrained is not None else value
-            if leaf is not None:
-                leaves[id(leaf)] = leaf
-    if isinstance(guide, torch.nn.Module):
-        for p in guide.parameters():
-            leaves[id(p)] = p
-    return [p for p in leaves.values() if p.is_leaf and p.requires_grad]
-
-
-#: what a distribution raises when asked to score a value it did not just sample: Pyro's
-#: cached transforms (KeyError, NotImplementedError) and this package's flows
-_CANNOT_SCORE = (KeyError, NotImplementedError, NotInvertibleError)
-
-
-def _score_error(name: str, error: Exception) -> ValueError:
-    return ValueError(
-        f"STL/DReG need a guide that can score any value, but the guide's distribution at "
-        f"site '{name}' cannot re-score its own sample ({type(error).__name__}: {error}); "
-        "flows without an inverse (planar, radial, Sylvester) only score values they just "
-        "produced. Use an invertible flow, or estimator='iwae'.")
-
-
-class _Pass:
-    """One guide/model trace pair reduced to per-data-point log-weight terms."""
-
-    def __init__(self, model, guide, args, kwargs, *, plate_size, ndim, rescore, holder,
-                 index, max_plate_nesting):
-        self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
-        self.plate_size, self.ndim = plate_size, ndim
-        self.rescore, self.holder, self.index = rescore, holder, index
-        self.max_plate_nesting = max_plate_nesting
-
-    def _plated(self, fn):
-        if self.plate_size is None:
-            return fn
-        return pyro.plate(PARTICLE_PLATE, self.plate_size, dim=-self.ndim)(fn)
-
-    def run(self, proposal: str):
-        if proposal == "prior":
-            model_trace = poutine.trace(self._plated(self.model)).get_trace(
-                *self.args, **self.kwargs)
-            return model_trace, None, {}
-        guide_trace = poutine.trace(self._plated(self.guide)).get_trace(
-            *self.args, **self.kwargs)
-        values = {}
-        if self.rescore is not None:
-            for name, site in _sample_sites(guide_trace):
-                if site["is_observed"]:
-                    continue
-                value = site["value"]
-                if self.holder is not None and value.requires_grad:
-                    value = _GradScale.apply(value, self.holder, self.index,
-                                             len(site["fn"].batch_shape), site["fn"].event_dim)
-                else:
-                    value = value.view_as(value)  # a fresh tensor: no flow-cache hits
-                values[name] = value
-            replay = poutine.Trace()
-            for name, site in guide_trace.nodes.items():
-                if site["type"] == "sample":
-                    replay.add_node(name, **{**site, "value": values.get(name, site["value"])})
-        else:
-            replay = guide_trace
-        model_trace = poutine.trace(poutine.replay(self._plated(self.model), trace=replay)
-                                    ).get_trace(*self.args, **self.kwargs)
-        if is_validation_enabled():
-            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
-        return model_trace, guide_trace, values
-
-    def rescored_guide(self, guide_trace, values) -> dict:
-        """Log densities of the guide sites at ``values`` with the guide's parameters fixed."""
-        sites = [(n, s) for n, s in _sample_sites(guide_trace) if not s["is_observed"]]
-        if len(sites) == 1:  # one site: subtract its score, no second guide run
-            name, site = sites[0]
-            value = values[name]
-            try:
-                log_q = _site_log_prob(site, value)
-                detached = _site_log_prob(site, value.detach())
-            except _CANNOT_SCORE as e:
-                raise _score_error(name, e) from e
-            return {name: log_q - detached + detached.detach()}
-        data = dict(values)
-        data.update({name: site["value"] for name, site in guide_trace.nodes.items()
-                     if site["type"] == "sample" and site_is_subsample(site)})
-        leaves = _guide_leaves(self.guide, guide_trace)
-        for p in leaves:
-            p.requires_grad_(False)
-        try:
-            with poutine.block(), warnings.catch_warnings():
-                # pyro.module notices the frozen parameters; they are not new, nothing to say
-                warnings.filterwarnings("ignore", message=".*not registered in the param store")
-                trace = poutine.trace(poutine.condition(self._plated(self.guide), data=data)
-                                      ).get_trace(*self.args, **self.kwargs)
-            out = {}
-            for name, _ in sites:
-                site = trace.nodes[name]
-                try:
-                    out[name] = _site_log_prob(site)
-                except _CANNOT_SCORE as e:
-                    raise _score_error(name, e) from e
-            return out
-        finally:
-            for p in leaves:
-                p.requires_grad_(True)
-
-
-def _check_reparam(guide_trace, what: str) -> None:
-    for name, site in _sample_sites(guide_trace):
-        if site["is_observed"]:
-            continue
-        if not site["fn"].has_rsample:
-            raise ValueError(
-                f"{what} needs reparameterized guide sites, but site '{name}' "
-                f"({type(site['fn']).__name__}) has no rsample")
-
-
-def _one_pass(p: _Pass, *, proposal: str, require_reparam: str | None):
+def _one_pass(p: TracePass, *, proposal: str, require_reparam: str | None):
     model_trace, guide_trace, values = p.run(proposal)
     if guide_trace is not None and require_reparam is not None:
-        _check_reparam(guide_trace, require_reparam)
-    model_sites = _sample_sites(model_trace)
-    guide_sites = _sample_sites(guide_trace) if guide_trace is not None else []
+        check_reparam(guide_trace, require_reparam)
+    model_sites = sample_sites(model_trace)
+    guide_sites = sample_sites(guide_trace) if guide_trace is not None else []
     all_sites = model_sites + guide_sites
     if p.ndim is None:  # sequential particles and unknown nesting: read it off the trace
         p.max_plate_nesting = _plate_nesting(all_sites)
@@ -337,7 +173,7 @@ def _one_pass(p: _Pass, *, proposal: str, require_reparam: str | None):
     for name, site in model_sites:
         if proposal == "prior" and not site["is_observed"]:
             continue  # drawn from the prior: its density cancels
-        t = term(site, _site_log_prob(site))
+        t = term(site, traced_log_prob(site))
         terms[f"'{name}' (model)"] = t
         log_w = log_w + t
     score_log_q = None
@@ -346,7 +182,7 @@ def _one_pass(p: _Pass, *, proposal: str, require_reparam: str | None):
         for name, site in guide_sites:
             log_q = rescored.get(name)
             if log_q is None:
-                log_q = _site_log_prob(site)
+                log_q = traced_log_prob(site)
             t = term(site, log_q)
             terms[f"'{name}' (guide)"] = t
             if site["is_observed"] or site["fn"].has_rsample:
@@ -366,8 +202,8 @@ def guess_plate_nesting(model, guide, args: tuple, kwargs: dict) -> int:
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs) if guide else None
         replayed = poutine.replay(model, trace=guide_trace) if guide else model
         model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-    return _plate_nesting(_sample_sites(model_trace)
-                          + (_sample_sites(guide_trace) if guide else []))
+    return _plate_nesting(sample_sites(model_trace)
+                          + (sample_sites(guide_trace) if guide else []))
 
 
 def draw_particles(
@@ -396,16 +232,17 @@ def draw_particles(
     :param proposal: ``"guide"`` or ``"prior"`` (no guide: latents from the model's prior,
         weights are the likelihoods of the observed sites).
     """
-    holder = _WeightHolder() if rescore == "dreg" else None
+    holder = WeightHolder() if rescore == "dreg" else None
     vectorized = bool(vectorize)
     if max_plate_nesting is None and vectorized:
         raise ValueError("max_plate_nesting is needed to vectorize particles")
     ndim = None if max_plate_nesting is None else max_plate_nesting + 1
     results = []
     for k in range(1 if vectorized else num_particles):
-        p = _Pass(model, guide, args, kwargs, plate_size=num_particles if vectorized else None,
-                  ndim=ndim, rescore=rescore, holder=holder, index=None if vectorized else k,
-                  max_plate_nesting=ndim if vectorized else max_plate_nesting)
+        p = TracePass(model, guide, args, kwargs,
+                      plate_size=num_particles if vectorized else None, ndim=ndim,
+                      rescore=rescore, holder=holder, index=None if vectorized else k,
+                      max_plate_nesting=ndim if vectorized else max_plate_nesting)
         results.append(_one_pass(p, proposal=proposal, require_reparam=require_reparam))
         ndim, max_plate_nesting = p.ndim, p.max_plate_nesting  # known after the first pass
     first = results[0]
