@@ -4,7 +4,7 @@ Both train the same networks (``DLGM(64, [10], hidden_dims=[100, 100])`` and its
 ``DLGMGuide``: tanh MLPs 64-100-100-20 and 10-100-100-64, Bernoulli likelihood) on the
 binarized 8×8 digits with Adam, batch 100, index minibatches of a 1500-image training set:
 
-- ``ours``: the step of :func:`pyro_dgm.training.train`, ``loss_module(x, subsample=idx)``
+- ``ours``: the step of :func:`pyro_dgm.dlgm.train`, ``loss_module(x, subsample=idx)``
   with ``loss_module = objective(model, guide)`` (``Trace_ELBO`` for k=1, ``IWAE`` for k=5),
   then ``backward`` and ``Adam.step``;
 - ``hand``: the same bound written by hand in PyTorch on copies of the same networks

@@ -65,7 +65,7 @@ def _in_process(argv: list[str]) -> str:
 def run_row(row, out, epochs, num_samples, quick=False):
     """Train (or resume an interrupted run of the same row: resuming is exact) and
     evaluate one row."""
-    from pyro_dgm.training.checkpoint import checkpoint_paths
+    from pyro_dgm.dlgm import checkpoint_paths
 
     train, evaluate = commands(row, out, epochs, num_samples, quick)
     run_dir = Path(train[train.index("--out") + 1])

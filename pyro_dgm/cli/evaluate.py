@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=250)
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads (default 1)")
     p.set_defaults(func=run)
 
 

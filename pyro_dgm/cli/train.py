@@ -58,7 +58,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads (default 1)")
     p.add_argument("--out", default=None, help="run directory (default: --resume DIR)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run in DIR from its newest checkpoint")

@@ -1,6 +1,8 @@
 """``pyro-dgm train`` / ``pyro-dgm evaluate``: a run, its resume and bad input."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -44,3 +46,15 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_parsers_import_neither_torch_nor_pyro():
+    code = ("import argparse, sys\n"
+            "import pyro_dgm.cli.evaluate as e, pyro_dgm.cli.train as t\n"
+            "sub = argparse.ArgumentParser().add_subparsers()\n"
+            "t.add_parser(sub); e.add_parser(sub)\n"
+            "print(sorted({'torch', 'pyro', 'pyro_dgm._validation'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -5,7 +5,15 @@ import json
 import pytest
 import torch
 
-from pyro_dgm.dlgm import TrainConfig, checkpoint_paths, load_checkpoint, train
+from pyro_dgm.dlgm import (
+    LocalStrategy,
+    Strategy,
+    TrainConfig,
+    checkpoint_paths,
+    load_checkpoint,
+    resume_point,
+    train,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,3 +69,63 @@ def test_checkpoint_loads_weights_only(tmp_path):
     state = torch.load(checkpoint_paths(tmp_path)[-1], weights_only=True)
     assert state["epoch"] == 1 and set(state["rng"]) >= {"torch", "numpy", "python"}
     assert state["optimizer"]["state"]  # Adam moments are stored
+
+
+def test_resume_point_state_continues_like_resume_true(tmp_path):
+    straight = train(_config(epochs=3), tmp_path / "a", progress=False)
+    train(_config(epochs=1), tmp_path / "b", progress=False)
+    config, state = resume_point(tmp_path / "b", map_location="cpu")
+    assert config == _config(epochs=1).validate() and state["epoch"] == 1
+    config.epochs = 3
+    resumed = train(config, tmp_path / "b", resume=state, progress=False)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert resumed.is_main and [h["epoch"] for h in resumed.history] == [1, 2, 3]
+
+
+class _Recording(LocalStrategy):
+    """A single process that claims not to be the main one and records the loop's calls."""
+
+    is_main = False
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def start(self, *, device, batch_size, num_data):
+        self.calls.append(("start", device, batch_size, num_data))
+        return super().start(device=device, batch_size=batch_size, num_data=num_data)
+
+    def wrap(self, loss_module):
+        self.calls.append("wrap")
+        return loss_module
+
+    def reduce(self, value):
+        self.calls.append("reduce")
+        return value
+
+    def close(self):
+        self.calls.append("close")
+
+
+def test_strategy_is_asked_and_only_the_main_process_writes(tmp_path):
+    strategy = _Recording()
+    result = train(_config(epochs=2), tmp_path / "r", progress=False, strategy=strategy)
+    assert strategy.calls == [("start", "cpu", 16, 40), "wrap", "reduce", "reduce", "close"]
+    assert result.is_main is False and len(result.history) == 2
+    assert not (tmp_path / "r").exists()
+    strategy = _Recording()
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train(_config(), tmp_path, resume=True, strategy=strategy)
+    assert strategy.calls == ["close"]
+
+
+def test_local_strategy_batches_a_permutation():
+    strategy = LocalStrategy()
+    assert strategy.start(device="cpu", batch_size=4, num_data=10) == "cpu"
+    batches = strategy.index_batches(0, 10, torch.Generator().manual_seed(3))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat(batches), torch.randperm(10, generator=torch.Generator()
+                                                           .manual_seed(3)))
+    with pytest.raises(TypeError):
+        Strategy()  # abstract: index_batches, wrap and reduce must be given
