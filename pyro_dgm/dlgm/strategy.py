@@ -21,12 +21,11 @@ batches, the module as it is, the loss as it is. The data-parallel strategy is
 
 Example::
 
-    >>> class EveryOther(LocalStrategy):          # train on the even rows only
-    ...     def index_batches(self, epoch, num_data, generator):
-    ...         return [b[b % 2 == 0] for b in super().index_batches(epoch, num_data, generator)]
-    >>> result = train(TrainConfig(epochs=2), "runs/even", strategy=EveryOther())
-    >>> result.is_main
-    True
+    >>> class Quiet(LocalStrategy):               # a worker that must not write files
+    ...     is_main = False
+    >>> result = train(TrainConfig(epochs=2), "runs/quiet", strategy=Quiet())
+    >>> result.is_main, os.path.exists("runs/quiet")
+    (False, False)
 """
 
 from __future__ import annotations
