@@ -5,26 +5,5 @@ The registry of ``pyro-dgm compare`` models and methods now lives in the compari
 (built-ins are registered by plain imports there, not by importing higher modules by name).
 """
 
-from pyro_dgm.compare.registry import (
-    METHODS,
-    MODELS,
-    MethodEntry,
-    ModelEntry,
-    Problem,
-    Registry,
-    Settings,
-    register_method,
-    register_model,
-)
-
-__all__ = [
-    "METHODS",
-    "MODELS",
-    "MethodEntry",
-    "ModelEntry",
-    "Problem",
-    "Registry",
-    "Settings",
-    "register_method",
-    "register_model",
-]
+from pyro_dgm.compare.registry import *  # noqa: F403
+from pyro_dgm.compare.registry import __all__  # noqa: F401
