@@ -7,7 +7,9 @@ MCMC:
 - :class:`Gibbs`: Gibbs sampling with exact conditionals of discrete sites, MH within Gibbs
   for continuous sites, or user conditionals;
 - :class:`MCMC`: :class:`pyro.infer.MCMC` with ``chain_method="vectorized"`` (all chains
-  as one batch).
+  as one batch);
+- :func:`mh_step`: the one Metropolis accept/reject step both kernels use (state in,
+  state and per-step info out).
 
 Objectives for :class:`pyro.infer.SVI` (each also an ``nn.Module`` via ``objective(model,
 guide)``) and evaluation (``docs/objectives.md``):
@@ -37,6 +39,7 @@ from pyro_dgm.inference.gibbs import Gibbs
 from pyro_dgm.inference.iwae import IWAE, importance_resample
 from pyro_dgm.inference.log_likelihood import LogLikelihood, log_marginal_likelihood
 from pyro_dgm.inference.mcmc import MCMC, VectorizedKernel
+from pyro_dgm.inference.metropolis import MHInfo, MHState, mh_step
 from pyro_dgm.inference.model_info import ModelInfo, model_info
 from pyro_dgm.inference.perturbative import PerturbativeELBO
 from pyro_dgm.inference.random_walk_mh import RandomWalkMH
@@ -51,6 +54,8 @@ __all__ = [
     "IWAE",
     "LogLikelihood",
     "MCMC",
+    "MHInfo",
+    "MHState",
     "ModelInfo",
     "NonFiniteLossError",
     "NotInvertibleError",
@@ -63,5 +68,6 @@ __all__ = [
     "adaptation_windows",
     "importance_resample",
     "log_marginal_likelihood",
+    "mh_step",
     "model_info",
 ]
