@@ -18,6 +18,7 @@ __all__ = [
     "COMPARE_MODEL",
     "COMPARE_REFERENCE",
     "COMPARE_RUN",
+    "DLGM_BINARIZE",
     "DLGM_DATASETS",
     "DLGM_ESTIMATORS",
     "DLGM_GUIDES",
@@ -56,3 +57,4 @@ DLGM_ESTIMATORS = ("iwae", "stl", "dreg")
 DLGM_GUIDES = ("gaussian", "planar", "radial", "iaf", "realnvp")
 DLGM_DATASETS = ("digits", "digits-continuous")
 DLGM_LIKELIHOODS = ("bernoulli", "gaussian")
+DLGM_BINARIZE = ("dynamic", "fixed")

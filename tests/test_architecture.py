@@ -149,11 +149,13 @@ def test_module_length(module):
 
 
 def _loaded_after(code: str) -> set[str]:
+    marker = "--- modules ---"
     probe = (f"import sys\n{code}\n"
+             f"print({marker!r})\n"
              "print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                          text=True, check=True)
-    return set(out.stdout.split())
+    return set(out.stdout.split(marker)[-1].split())
 
 
 def test_inference_loads_no_arviz_matplotlib_pandas():

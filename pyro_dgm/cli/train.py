@@ -20,6 +20,7 @@ import argparse
 import sys
 
 from pyro_dgm.defaults import (
+    DLGM_BINARIZE,
     DLGM_DATASETS,
     DLGM_ESTIMATORS,
     DLGM_GUIDES,
@@ -53,7 +54,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--data", default=None, choices=DLGM_DATASETS)
     p.add_argument("--likelihood", default=None, choices=DLGM_LIKELIHOODS)
-    p.add_argument("--binarize", default=None, choices=["dynamic", "fixed"])
+    p.add_argument("--binarize", default=None, choices=DLGM_BINARIZE)
     p.add_argument("--max-rows", type=int, default=None, help="use the first N training rows")
     p.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
     p.add_argument("--device", default=None)

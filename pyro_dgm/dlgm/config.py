@@ -25,6 +25,7 @@ import torch
 from pyro_dgm._dtypes import to_dtype
 from pyro_dgm._validation import check_choice, check_int, check_positive
 from pyro_dgm.defaults import (
+    DLGM_BINARIZE,
     DLGM_DATASETS,
     DLGM_ESTIMATORS,
     DLGM_GUIDES,
@@ -46,7 +47,7 @@ DATASETS = DLGM_DATASETS
 #: likelihoods of :class:`~pyro_dgm.models.DLGM`
 LIKELIHOODS = DLGM_LIKELIHOODS
 #: binarization of the digits: fresh every epoch, or once by threshold
-BINARIZE = ("dynamic", "fixed")
+BINARIZE = DLGM_BINARIZE
 _TEST_SEED = 20140101  # the one dynamic binarization of the test set
 
 

@@ -19,6 +19,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule, PyroParam
 
+from pyro_dgm._shared import data_plate
 from pyro_dgm.distributed import (
     ShardedIndexLoader,
     distribute_objective,
@@ -28,7 +29,6 @@ from pyro_dgm.distributed import (
     reduce_mean,
 )
 from pyro_dgm.models.factor_analysis import FactorAnalysis
-from pyro_dgm._shared import data_plate
 
 NUM_DATA = 8
 
