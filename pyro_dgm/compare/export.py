@@ -3,12 +3,19 @@
 Both functions build on :func:`arviz.from_dict` (present in ArviZ 0.x and 1.x) and give the
 same groups and variable shapes, so MCMC and VI posteriors of one model line up in ArviZ:
 
-- ``posterior``: every latent sample site, shape ``(chain, draw, *site_shape)`` with Pyro's
-  plate-padding singleton dimensions removed;
+- ``posterior``: every latent sample site and every ``pyro.deterministic`` site, shape
+  ``(chain, draw, *site_shape)`` with Pyro's plate-padding singleton dimensions removed and
+  plate dimensions named after the plate;
 - ``sample_stats``: ``lp`` (log joint density) per draw, and for MCMC what the kernel reports
   (``diverging``, ``acceptance_rate``, ``step_size``, ...);
 - ``log_likelihood``: pointwise log-likelihood of every observed site per draw;
 - ``observed_data``: the observed values.
+
+``lp``, the log-likelihoods and the deterministic sites come from one pass of the model over
+the draws (see :mod:`pyro_dgm.compare._scoring`), chunked so that its intermediates stay
+within ``memory_mb``; with ``lp=False, log_likelihood=False`` and no deterministic sites
+(or ``deterministic=False``) the model is not run over the draws at all. The model's
+structure is read at the first draw, so improper priors are no obstacle.
 
 Example::
 
@@ -30,7 +37,7 @@ from pyro import poutine
 
 from pyro_dgm._validation import check_int
 from pyro_dgm.compare._arviz import arviz, is_arviz_1, set_attrs
-from pyro_dgm.compare._scoring import score_draws
+from pyro_dgm.compare._scoring import DEFAULT_SCORE_MEMORY_MB, score_draws
 from pyro_dgm.inference.model_info import ModelInfo, model_info
 
 __all__ = ["from_guide", "from_mcmc", "to_inference_data"]
@@ -54,26 +61,41 @@ def to_inference_data(
     kwargs: dict | None = None,
     sample_stats: dict[str, torch.Tensor] | None = None,
     log_likelihood: bool = True,
+    lp: bool = True,
+    deterministic: bool = True,
+    chunk_size: int | None = None,
+    memory_mb: float = DEFAULT_SCORE_MEMORY_MB,
     attrs: dict | None = None,
 ):
     """Assemble ``InferenceData`` from ``(chain, draw, ...)`` posterior tensors.
 
     ``sample_stats`` entries are ``(chain, draw)`` tensors. When ``model`` is given, the
-    log joint ``lp`` and (if ``log_likelihood``) the pointwise log-likelihoods are added.
+    draws are scored through it (in chunks of ``chunk_size`` draws, by default as many as fit
+    in ``memory_mb`` MB of intermediates) for the log joint ``lp``, the pointwise
+    log-likelihoods (``log_likelihood``) and the deterministic sites (``deterministic``);
+    the pass is skipped when none of them is wanted.
     """
     chains, draws = next(iter(posterior.values())).shape[:2]
     stats = dict(sample_stats or {})
-    loglik = {}
-    if model is not None:
+    loglik, posterior = {}, dict(posterior)
+    want_det = deterministic and bool(info.deterministic)
+    if model is not None and (lp or log_likelihood or want_det):
         flat = {k: v.reshape((chains * draws,) + v.shape[2:]) for k, v in posterior.items()}
-        pointwise, lp = score_draws(model, flat, info, args, kwargs)
-        stats["lp"] = lp.reshape(chains, draws)
+        found: dict = {}
+        pointwise, lp_draws = score_draws(
+            model, flat, info, args, kwargs, deterministic=found if want_det else None,
+            log_likelihood=log_likelihood, chunk_size=chunk_size, memory_mb=memory_mb)
+        if lp:
+            stats["lp"] = lp_draws.reshape(chains, draws)
         if log_likelihood:
             loglik = {k: v.reshape((chains, draws) + v.shape[1:]) for k, v in pointwise.items()}
+        posterior.update({k: v.reshape((chains, draws) + v.shape[1:])
+                          for k, v in found.items()})
     # observed sites: name the plate (batch) dims only, so the same names fit both the
     # observed values and their pointwise log-likelihoods (ArviZ names the event dims)
     dims = {name: names[: info.batch_ndim[name]] if name in info.observed else names
-            for name, names in info.dims.items()}
+            for name, names in info.dims.items()
+            if name in posterior or name in info.observed}
     groups = {
         "posterior": {k: _numpy(v) for k, v in posterior.items()},
         "sample_stats": {k: _numpy(v) for k, v in stats.items()},
@@ -133,6 +155,10 @@ def from_mcmc(
     model_args: tuple | None = None,
     model_kwargs: dict | None = None,
     log_likelihood: bool = True,
+    lp: bool = True,
+    deterministic: bool = True,
+    chunk_size: int | None = None,
+    memory_mb: float = DEFAULT_SCORE_MEMORY_MB,
     attrs: dict | None = None,
 ):
     """Convert a finished :class:`pyro.infer.MCMC` run to ``arviz.InferenceData``.
@@ -144,7 +170,12 @@ def from_mcmc(
     :param mcmc: a run whose ``run(*args, **kwargs)`` has finished.
     :param model: the model; defaults to ``mcmc.kernel.model``.
     :param model_args: defaults to the arguments ``mcmc.run`` was called with.
-    :param log_likelihood: compute the ``log_likelihood`` group.
+    :param log_likelihood: compute the ``log_likelihood`` group (``draws x`` the data's size
+        in memory).
+    :param lp: compute ``sample_stats.lp``.
+    :param deterministic: add the model's ``pyro.deterministic`` sites to ``posterior``.
+    :param chunk_size: draws per scoring run of the model; default: as many as fit in
+        ``memory_mb`` MB of intermediates.
     """
     samples = mcmc.get_samples(group_by_chain=True)
     if not samples:
@@ -153,8 +184,9 @@ def from_mcmc(
     args = tuple(model_args if model_args is not None else (mcmc._args or ()))
     kwargs = dict(model_kwargs if model_kwargs is not None else (mcmc._kwargs or {}))
     chains, draws = next(iter(samples.values())).shape[:2]
-    if model is not None:
-        info = model_info(model, args, kwargs)
+    if model is not None:  # the model's structure, read at the first draw
+        info = model_info(model, args, kwargs,
+                          values={k: v[0, 0] for k, v in samples.items()})
         samples = {k: v.reshape((chains, draws) + info.latent.get(k, v.shape[2:]))
                    for k, v in samples.items()}
     else:
@@ -164,7 +196,9 @@ def from_mcmc(
     attrs = {"inference_kind": "mcmc", "kernel": type(mcmc.kernel).__name__,
              **stat_attrs, **(attrs or {})}
     return to_inference_data(samples, info, model=model, args=args, kwargs=kwargs,
-                             sample_stats=stats, log_likelihood=log_likelihood, attrs=attrs)
+                             sample_stats=stats, log_likelihood=log_likelihood, lp=lp,
+                             deterministic=deterministic, chunk_size=chunk_size,
+                             memory_mb=memory_mb, attrs=attrs)
 
 
 def _guide_draws(guide, info: ModelInfo, num: int, args, kwargs) -> dict[str, torch.Tensor]:
@@ -191,6 +225,10 @@ def from_guide(
     *args,
     num_samples: int = 1000,
     log_likelihood: bool = True,
+    lp: bool = True,
+    deterministic: bool = True,
+    chunk_size: int | None = None,
+    memory_mb: float = DEFAULT_SCORE_MEMORY_MB,
     attrs: dict | None = None,
     **kwargs,
 ):
@@ -201,6 +239,8 @@ def from_guide(
         the chains of the result.
     :param args: model/guide arguments (the data); ``kwargs`` likewise.
     :param num_samples: draws per guide.
+    :param log_likelihood: ``lp``, ``deterministic``, ``chunk_size``, ``memory_mb``: as for
+        :func:`from_mcmc`.
     """
     num_samples = check_int("num_samples", num_samples, minimum=1)
     guides = list(guide) if isinstance(guide, (list, tuple)) else [guide]
@@ -219,4 +259,5 @@ def from_guide(
     posterior = {k: torch.stack([d[k] for d in per_chain]) for k in info.latent}
     attrs = {"inference_kind": "vi", "guide": type(guides[0]).__name__, **(attrs or {})}
     return to_inference_data(posterior, info, model=model, args=args, kwargs=kwargs,
-                             log_likelihood=log_likelihood, attrs=attrs)
+                             log_likelihood=log_likelihood, lp=lp, deterministic=deterministic,
+                             chunk_size=chunk_size, memory_mb=memory_mb, attrs=attrs)

@@ -26,7 +26,7 @@ from pyro.infer.autoguide.initialization import InitMessenger, init_to_uniform
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from pyro_dgm.inference.model_info import model_info
+from pyro_dgm.inference.model_info import data_like, model_info, point_strategy, support_point
 
 __all__ = ["CHAIN_PLATE", "ChainModel", "NotVectorizable", "SiteInfo", "describe_nonfinite",
            "plate_dims", "site_log_prob"]
@@ -81,12 +81,13 @@ class ChainModel:
                  max_plate_nesting: int | None = None):
         self.model, self.args, self.kwargs = model, tuple(args), dict(kwargs or {})
         self.num_chains = num_chains
+        self._like = data_like(self.args, self.kwargs)
         info = model_info(model, self.args, self.kwargs)
         self.max_plate_nesting = (info.max_plate_nesting if max_plate_nesting is None
                                   else int(max_plate_nesting))
         self.chain_dim = -(self.max_plate_nesting + 1)
         try:
-            trace = self._trace_prior()
+            trace = self._trace_point()
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             raise NotVectorizable(
                 "the model fails under a chain plate (it does not broadcast over a leading "
@@ -127,8 +128,12 @@ class ChainModel:
     def plate(self):
         return pyro.plate(CHAIN_PLATE, self.num_chains, dim=self.chain_dim)
 
-    def _trace_prior(self):
-        with torch.no_grad(), poutine.block(), self.plate():
+    def _trace_point(self):
+        """One run under the chain plate at a prior draw where the prior can be sampled and a
+        point of the support elsewhere (the messenger sits below the plate so that it sees
+        the broadcast distribution)."""
+        init = InitMessenger(point_strategy(like=self._like))
+        with torch.no_grad(), poutine.block(), init, self.plate():
             return poutine.trace(self.model).get_trace(*self.args, **self.kwargs)
 
     def trace(self, values: dict[str, torch.Tensor]):
@@ -180,12 +185,17 @@ class ChainModel:
     # -- initialization and error messages ---------------------------------------------------
     def init_values(self, init_strategy=init_to_uniform) -> dict[str, torch.Tensor]:
         """Padded constrained initial values of every chain: ``init_strategy`` for continuous
-        sites, a prior draw for discrete ones."""
+        sites, a prior draw for discrete ones. Where the prior cannot be sampled (Pyro's
+        ``init_to_*`` strategies draw from it, which ``ImproperUniform`` refuses), a uniform
+        point in ``(-2, 2)`` of the unconstrained space, as ``init_to_uniform`` would give."""
 
         def init_fn(site):
-            if site["fn"].support.is_discrete:
-                return site["fn"].sample().detach()
-            return init_strategy(site)
+            try:
+                if site["fn"].support.is_discrete:
+                    return site["fn"].sample().detach()
+                return init_strategy(site)
+            except NotImplementedError:
+                return support_point(site, radius=2.0, like=self._like)
 
         # the init messenger sits below the plate so that it sees the broadcast distribution
         with torch.no_grad(), poutine.block(), InitMessenger(init_fn), self.plate():
