@@ -10,6 +10,9 @@ against the reference method's draws (usually NUTS):
   :math:`\mathrm{sd}_{\rm ref}`;
 - ``r_hat`` and ``ess_bulk`` (Vehtari et al. 2021) for MCMC methods.
 
+Deterministic sites exported to the posterior are compared like any other variable;
+quantities a posterior lacks can be derived from it (``derived={"theta": fn}``).
+
 Example::
 
     >>> table = compare_posteriors({"NUTS": idata_nuts, "ADVI": idata_advi}, reference="NUTS")
@@ -19,7 +22,7 @@ Example::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,13 +46,13 @@ def _flatten(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _draws(idata, var_names) -> dict[str, np.ndarray]:
-    return _flatten({name: idata.posterior[name].values for name in var_names})
+def _draws(post, var_names) -> dict[str, np.ndarray]:
+    return _flatten({name: post[name].values for name in var_names})
 
 
-def _diagnostics(idata, var_names) -> tuple[dict, dict]:
+def _diagnostics(post, var_names) -> tuple[dict, dict]:
     """Per-element split R-hat and bulk ESS (needs at least two chains)."""
-    post = idata.posterior[list(var_names)]
+    post = post[list(var_names)]
     if post.sizes["chain"] < 2 or post.sizes["draw"] < 4:
         return {}, {}
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
@@ -61,8 +64,36 @@ def _diagnostics(idata, var_names) -> tuple[dict, dict]:
     return _flatten(as_arrays[0]), _flatten(as_arrays[1])
 
 
-def _kind(idata) -> str:
-    return str(idata.posterior.attrs.get("inference_kind", "vi"))
+def _kind(method: str, idata) -> str:
+    """The posterior's ``inference_kind`` attribute (``"mcmc"`` or ``"vi"``), required: it
+    decides whether R-hat and ESS are computed, and guessing it would hide a mistake."""
+    kind = idata.posterior.attrs.get("inference_kind")
+    if kind is None:
+        raise ValueError(
+            f"idatas[{method!r}]: the posterior has no 'inference_kind' attribute; set "
+            f"idata.posterior.attrs['inference_kind'] to 'mcmc' or 'vi' (from_mcmc and "
+            "from_guide set it)")
+    return str(kind)
+
+
+def _with_derived(method: str, post, derived: Mapping[str, Callable]):
+    """``post`` with every quantity of ``derived`` that it lacks, computed from it."""
+    for name, fn in derived.items():
+        if name in post:
+            continue
+        value = fn(post)
+        dims = getattr(value, "dims", None)
+        value = np.asarray(getattr(value, "values", value), dtype=np.float64)
+        lead = (post.sizes["chain"], post.sizes["draw"])
+        if value.shape[:2] != lead:
+            raise ValueError(f"derived[{name!r}]: for method {method!r} it returned shape "
+                             f"{value.shape}, expected (chain, draw, ...) = {lead + ('...',)}")
+        if not np.isfinite(value).all():
+            raise ValueError(f"derived[{name!r}]: non-finite values for method {method!r}")
+        if dims is None or len(dims) != value.ndim:
+            dims = ("chain", "draw") + tuple(f"{name}_dim_{i}" for i in range(value.ndim - 2))
+        post = post.assign({name: (tuple(dims), value)})
+    return post
 
 
 def compare_posteriors(
@@ -71,34 +102,51 @@ def compare_posteriors(
     *,
     var_names: Sequence[str] | None = None,
     wall_times: Mapping[str, float] | None = None,
+    derived: Mapping[str, Callable] | None = None,
 ) -> pd.DataFrame:
     """Compare the marginals of several posteriors with a reference posterior.
 
     :param idatas: method name -> ``InferenceData`` (from :func:`~pyro_dgm.compare.from_mcmc`
-        or :func:`~pyro_dgm.compare.from_guide`).
+        or :func:`~pyro_dgm.compare.from_guide`). Each posterior must carry the attribute
+        ``inference_kind`` (``"mcmc"``: R-hat and ESS are computed; ``"vi"``).
     :param reference: the key of the reference method; it gets a row too (errors 0,
         ratio 1).
-    :param var_names: variables to compare; default: those in every posterior.
+    :param var_names: variables to compare; default: those in every posterior, and the
+        ``derived`` ones.
     :param wall_times: method -> seconds; default: each posterior's ``wall_time_s`` attr.
+    :param derived: name -> function of a posterior ``xarray.Dataset`` returning a
+        ``(chain, draw, ...)`` array (e.g. ``lambda p: p.mu + p.tau * p.eta``), computed for
+        the posteriors that lack that variable (a reference exported without the model's
+        ``pyro.deterministic`` sites, say); a posterior that has it keeps its own.
+    :raises ValueError: for an unknown reference or variable, a posterior without
+        ``inference_kind``, or a derived quantity of the wrong shape or not finite.
     :return: one row per method x parameter element with columns ``method``, ``kind``,
         ``parameter``, ``mean``, ``sd``, ``ref_mean``, ``ref_sd``, ``std_mean_error``,
         ``sd_ratio``, ``w1_std``, ``r_hat``, ``ess_bulk``, ``wall_time_s``.
     """
     if reference not in idatas:
         raise ValueError(f"reference {reference!r} is not one of the methods {list(idatas)}")
+    derived = dict(derived or {})
+    for name, fn in derived.items():
+        if not callable(fn):
+            raise ValueError(f"derived[{name!r}]: must be a function of the posterior")
+    kinds = {method: _kind(method, idata) for method, idata in idatas.items()}
+    posts = {method: _with_derived(method, idata.posterior, derived)
+             for method, idata in idatas.items()}
     if var_names is None:
-        common = [set(idata.posterior.data_vars) for idata in idatas.values()]
+        common = [set(post.data_vars) for post in posts.values()]
         var_names = sorted(set.intersection(*common))
     var_names = list(var_names)
-    for method, idata in idatas.items():
-        missing = [v for v in var_names if v not in idata.posterior]
+    for method, post in posts.items():
+        missing = [v for v in var_names if v not in post]
         if missing:
             raise ValueError(f"var_names: {missing} not in the posterior of method {method!r}")
-    ref = _draws(idatas[reference], var_names)
+    ref = _draws(posts[reference], var_names)
     rows = []
     for method, idata in idatas.items():
-        draws = _draws(idata, var_names)
-        rhat, ess = _diagnostics(idata, var_names) if _kind(idata) == "mcmc" else ({}, {})
+        post, kind = posts[method], kinds[method]
+        draws = _draws(post, var_names)
+        rhat, ess = _diagnostics(post, var_names) if kind == "mcmc" else ({}, {})
         wall = (wall_times or {}).get(method, idata.posterior.attrs.get("wall_time_s", np.nan))
         for label, values in draws.items():
             r = ref[label].ravel()
@@ -106,7 +154,7 @@ def compare_posteriors(
             ref_sd = r.std(ddof=1)
             rows.append({
                 "method": method,
-                "kind": _kind(idata),
+                "kind": kind,
                 "parameter": label,
                 "mean": v.mean(),
                 "sd": v.std(ddof=1),
@@ -122,12 +170,27 @@ def compare_posteriors(
     return pd.DataFrame(rows)
 
 
+def _worst(group: pd.DataFrame) -> str:
+    """The parameter with the largest |standardized mean error| ("" when none is finite)."""
+    errors = group["std_mean_error"].abs()
+    if not errors.notna().any():
+        return ""
+    return str(group["parameter"].loc[errors.idxmax()])
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: typical and worst errors over all compared elements."""
+    """One row per method: typical and worst errors over all compared elements.
+
+    ``max_abs_std_error`` is the largest |standardized mean error| and ``worst_parameter``
+    the element it belongs to: the number that decides whether a method matches the
+    reference (a mean over 50 elements hides one that is off by 3 sd).
+    """
     grouped = table.groupby("method", sort=False)
     summary = pd.DataFrame({
         "kind": grouped["kind"].first(),
         "mean_abs_std_error": grouped["std_mean_error"].apply(lambda s: s.abs().mean()),
+        "max_abs_std_error": grouped["std_mean_error"].apply(lambda s: s.abs().max()),
+        "worst_parameter": grouped[["parameter", "std_mean_error"]].apply(_worst),
         "median_sd_ratio": grouped["sd_ratio"].median(),
         "min_sd_ratio": grouped["sd_ratio"].min(),
         "max_sd_ratio": grouped["sd_ratio"].max(),
