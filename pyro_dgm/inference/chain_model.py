@@ -12,6 +12,12 @@ A model vectorizes when it broadcasts over leading batch dimensions (write ``(x 
 .sum(-1)`` rather than ``x @ beta``, index with :class:`~pyro.ops.indexing.Vindex`); the
 same rule as for parallel enumeration. :class:`ChainModel` checks the shapes once and raises
 :class:`NotVectorizable` otherwise.
+
+The model's structure is read at a point of its support, never by requiring a prior draw,
+so improper priors (:class:`~pyro.distributions.ImproperUniform`) work: see
+:func:`~pyro_dgm.inference.model_info.point_strategy`; chains start by the kernel's
+``init_strategy``, or uniformly in ``(-2, 2)`` of the unconstrained space where it would
+have to draw from such a prior.
 """
 
 from __future__ import annotations
