@@ -2,6 +2,7 @@
 
 MCMC:
 
+- :class:`ChEESHMC`: HMC with all chains in lockstep, ChEES trajectory-length adaptation;
 - :class:`RandomWalkMH`: adaptive random-walk Metropolis–Hastings (step size towards
   acceptance 0.234, proposal covariance from warm-up draws);
 - :class:`Gibbs`: Gibbs sampling with exact conditionals of discrete sites, MH within Gibbs
@@ -29,6 +30,8 @@ local latents), see ``docs/flows.md``.
 from pyro_dgm.inference._particles import BiasedSubsampleWarning, NonFiniteLossError
 from pyro_dgm.inference.adaptation import ProposalAdapter, ProposalState, adaptation_windows
 from pyro_dgm.inference.chain_model import ChainModel, NotVectorizable
+from pyro_dgm.inference.chees import ChEESHMC
+from pyro_dgm.inference.chees_adaptation import ChEESAdapter, ChEESInfo, ChEESState
 from pyro_dgm.inference.flows import (
     AmortizedFlowGuide,
     FlowDistribution,
@@ -47,6 +50,10 @@ from pyro_dgm.inference.random_walk_mh import RandomWalkMH
 __all__ = [
     "AmortizedFlowGuide",
     "BiasedSubsampleWarning",
+    "ChEESAdapter",
+    "ChEESHMC",
+    "ChEESInfo",
+    "ChEESState",
     "ChainModel",
     "FlowDistribution",
     "FlowGuide",
