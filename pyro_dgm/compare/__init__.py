@@ -6,6 +6,7 @@ This package sits on top of :mod:`pyro_dgm.models` and :mod:`pyro_dgm.inference`
 - :func:`from_mcmc`, :func:`from_guide`: ``arviz.InferenceData`` with the same groups and
   shapes for a :class:`pyro.infer.MCMC` run and for a trained guide;
 - :func:`compare_posteriors`, :func:`summarize`: tables against a reference posterior;
+- :func:`nested_rhat`: convergence of many short chains started in groups;
 - :func:`plot_posteriors`, :func:`plot_sd_ratios`: figures;
 - :func:`run_comparison`: the whole job behind ``pyro-dgm compare``, over the models and
   methods of :mod:`~pyro_dgm.compare.registry` (built-ins in
@@ -15,6 +16,7 @@ This package sits on top of :mod:`pyro_dgm.models` and :mod:`pyro_dgm.inference`
 
 from pyro_dgm.compare import methods, problems  # noqa: F401  (fill the registry)
 from pyro_dgm.compare.export import from_guide, from_mcmc, to_inference_data
+from pyro_dgm.compare.nested_rhat import nested_rhat
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
 from pyro_dgm.compare.registry import (
     METHODS,
@@ -43,6 +45,7 @@ __all__ = [
     "default_settings",
     "from_guide",
     "from_mcmc",
+    "nested_rhat",
     "plot_posteriors",
     "plot_sd_ratios",
     "register_method",
