@@ -40,7 +40,7 @@ def test_agreeing_and_disagreeing_chains():
     # short chains: 256 chains of 10 draws from one superchain's wrong mode only
     short = rng.normal(size=(256, 10))
     assert nested_rhat_array(short, 16) < 1.01
-    short[:16] += 0.5
+    short[:16] += 1.0  # expected sqrt(1 + 1/16) = 1.03
     assert nested_rhat_array(short, 16) > 1.01
 
 
