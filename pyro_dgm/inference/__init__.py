@@ -22,6 +22,10 @@ guide)``) and evaluation (``docs/objectives.md``):
   closed-form reference energy;
 - :func:`log_marginal_likelihood`: importance-sampled log p(x) per data point, chunked.
 
+Pathfinder (``docs/pathfinder.md``): :class:`Pathfinder`, an autoguide fitted by L-BFGS paths
+with the quasi-Newton Gaussian of Zhang et al. (2022); :func:`init_to_pathfinder`, an MCMC
+start drawn from it; :func:`psis_smooth`, Pareto-smoothed importance weights and k-hat.
+
 Guides: :class:`FlowGuide` (normalizing flow over all latents) and
 :class:`AmortizedFlowGuide` (encoder + conditional planar/radial/IAF/Real NVP flows for
 local latents), see ``docs/flows.md``.
@@ -44,7 +48,9 @@ from pyro_dgm.inference.log_likelihood import LogLikelihood, log_marginal_likeli
 from pyro_dgm.inference.mcmc import MCMC, VectorizedKernel
 from pyro_dgm.inference.metropolis import MHInfo, MHState, mh_step
 from pyro_dgm.inference.model_info import ModelInfo, model_info
+from pyro_dgm.inference.pathfinder import Pathfinder, init_to_pathfinder
 from pyro_dgm.inference.perturbative import PerturbativeELBO
+from pyro_dgm.inference.psis import psis_smooth
 from pyro_dgm.inference.random_walk_mh import RandomWalkMH
 
 __all__ = [
@@ -67,6 +73,7 @@ __all__ = [
     "NonFiniteLossError",
     "NotInvertibleError",
     "NotVectorizable",
+    "Pathfinder",
     "PerturbativeELBO",
     "ProposalAdapter",
     "ProposalState",
@@ -74,7 +81,9 @@ __all__ = [
     "VectorizedKernel",
     "adaptation_windows",
     "importance_resample",
+    "init_to_pathfinder",
     "log_marginal_likelihood",
     "mh_step",
     "model_info",
+    "psis_smooth",
 ]
