@@ -15,8 +15,25 @@ tuned during warm-up in two ways:
   the draws of every unit are accumulated with Welford's algorithm and the within-unit
   covariances are pooled, so chains in different places (or with different data) do not
   inflate it. At each window end :math:`LL^\top` becomes the regularized estimate
-  :math:`\frac{n}{n+5}\hat\Sigma + 10^{-3}\frac{5}{n+5} I` and the step size restarts at
-  the Gaussian optimum :math:`2.38/\sqrt D` (Gelman, Roberts & Gilks 1996).
+
+  .. math::
+
+      \frac{n}{n+5}\hat\Sigma + 10^{-3}\,\frac{5}{n+5}\operatorname{diag}(\hat\Sigma)
+
+  (:math:`n` the pooled degrees of freedom): the jitter is relative to each coordinate's
+  own variance, so coordinates with scales from :math:`10^{-3}` to :math:`10` are treated
+  alike. A coordinate that no pooled unit moved in the window keeps its previous proposal
+  variance. The step size then restarts at the Gaussian optimum :math:`2.38/\sqrt D`
+  (Gelman, Roberts & Gilks 1996).
+- **screening** (``screen=True``, what :class:`~pyro_dgm.inference.RandomWalkMH` uses for
+  chains): the adapter also gets each unit's log density and keeps each unit's Welford sums
+  apart within a window. At the window end only the units whose mean log density over the
+  window is in the main group (:func:`~pyro_dgm.inference.chain_health.main_group`: not more
+  than 5 scaled MADs plus 2 nats below the median) are pooled, and until the next window end
+  the step size follows the acceptance of those units only. A few chains in a minor mode
+  (or still far out) then spoil neither the covariance nor the step size of the rest. The
+  per-unit sums take :math:`U D^2` numbers for a dense proposal; above :math:`2^{24}` the
+  adapter pools all units as without screening.
 
 Everything is tensor arithmetic on the device and depends on the step index only through
 Python integers, so adaptation never synchronizes with a GPU.
@@ -39,12 +56,16 @@ from typing import NamedTuple
 import torch
 
 from pyro_dgm._validation import check_choice, check_int, check_positive, check_probability
+from pyro_dgm.inference.chain_health import main_group
 
 __all__ = ["COVARIANCES", "ProposalAdapter", "ProposalState", "adaptation_windows",
            "check_proposal_args"]
 
 #: proposal covariance structures: adapted dense or diagonal, or the identity (step size only)
 COVARIANCES = ("dense", "diag", "identity")
+
+# Above this many numbers (U * D^2, dense) per-unit Welford sums are not kept: no screening.
+_UNIT_BUDGET = 2**24
 
 # Up to this dimension products with the D x D factor are done by broadcasting: a BLAS call
 # on such tiny matrices costs far more (thread start-up, and milliseconds when the cores are
@@ -64,6 +85,13 @@ def _outer_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.shape[-1] <= _SMALL_DIM:
         return (a.unsqueeze(-1) * b.unsqueeze(-2)).sum(0)
     return a.mT @ b
+
+
+def _mean(x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``x``, weighted over units when ``weights`` match its shape."""
+    if weights is None or weights.shape != x.shape:
+        return x.mean()
+    return (x * weights).sum() / weights.sum()
 
 
 def adaptation_windows(num_warmup: int, init_buffer: int = 75, term_buffer: int = 50,
@@ -108,6 +136,11 @@ class ProposalState(NamedTuple):
     m2: torch.Tensor  # (D,) or (D, D): pooled within-unit sums of squared deviations
     count: int  # draws per unit in the current window
     rm_step: int  # Robbins-Monro iteration, restarted with each new covariance
+    #: screening only: (U,) summed log density of each unit in the current window (then
+    #: ``m2`` is per unit, (U, D, D) or (U, D))
+    log_density: torch.Tensor | None = None
+    #: screening only: (U,) 1 for the units pooled at the last window end, 0 for the others
+    pool: torch.Tensor | None = None
 
 
 class ProposalAdapter:
@@ -119,11 +152,15 @@ class ProposalAdapter:
     :param target_accept: target acceptance probability in (0, 1).
     :param step_size: initial step size (default :math:`2.38/\\sqrt D`).
     :param adapt_step_size: Robbins–Monro adaptation of the step size.
+    :param screen: pool only the units in the main group of log density (then :meth:`adapt`
+        needs ``log_density``).
+    :param spread: with ``screen``, every window but the last also counts the spread between
+        the pooled units' means (the units must share one target).
     """
 
     def __init__(self, dim: int, num_warmup: int, *, covariance: str = "dense",
                  target_accept: float = 0.234, step_size: float | None = None,
-                 adapt_step_size: bool = True):
+                 adapt_step_size: bool = True, screen: bool = False, spread: bool = False):
         self.dim = check_int("dim", dim, minimum=1)
         self.num_warmup = check_int("num_warmup", num_warmup, minimum=0)
         self.covariance, self.target_accept, step_size = check_proposal_args(
@@ -131,9 +168,12 @@ class ProposalAdapter:
         self.optimal_step = 2.38 / math.sqrt(self.dim)
         self.step_size = self.optimal_step if step_size is None else step_size
         self.adapt_step_size = bool(adapt_step_size)
+        self.screen = bool(screen)
+        self.spread = bool(spread)
         self.windows = adaptation_windows(num_warmup) if covariance != "identity" else []
         self._window_start = {start for start, _ in self.windows}
         self._window_end = {end - 1 for _, end in self.windows}
+        self._last_end = self.windows[-1][1] - 1 if self.windows else 0
         self._in_window = [False] * num_warmup
         for start, end in self.windows:
             for t in range(start, end):
@@ -148,10 +188,13 @@ class ProposalAdapter:
         d = self.dim
         factor = (torch.eye(d, dtype=dtype, device=device) if self.dense
                   else torch.ones(d, dtype=dtype, device=device))
-        m2 = torch.zeros((d, d) if self.dense else (d,), dtype=dtype, device=device)
+        shape = (d, d) if self.dense else (d,)
+        by_unit = self.screen and units * math.prod(shape) <= _UNIT_BUDGET
+        m2 = torch.zeros(((units,) if by_unit else ()) + shape, dtype=dtype, device=device)
         log_step = torch.tensor(math.log(self.step_size), dtype=dtype, device=device)
+        ld = torch.zeros(units, dtype=dtype, device=device) if by_unit else None
         return ProposalState(log_step, factor, torch.zeros(units, d, dtype=dtype, device=device),
-                             m2, 0, 0)
+                             m2, 0, 0, ld)
 
     def noise(self, state: ProposalState, shape: torch.Size | tuple) -> torch.Tensor:
         """A proposal increment :math:`hL\\varepsilon` of shape ``(*shape, D)``."""
@@ -172,38 +215,73 @@ class ProposalAdapter:
         return u + self.noise(state, u.shape[:-1])
 
     def adapt(self, state: ProposalState, t: int, u: torch.Tensor,
-              accept_prob: torch.Tensor) -> ProposalState:
+              accept_prob: torch.Tensor,
+              log_density: torch.Tensor | None = None) -> ProposalState:
         """Update after warm-up step ``t`` (0-based) given the new draws ``u`` ``(U, D)`` and
-        the acceptance probabilities of that step (any shape; averaged)."""
-        log_step, factor, mean, m2, count, rm_step = state
+        the acceptance probabilities of that step (any shape; averaged over the pooled
+        units); with screening also the units' log densities ``(U,)`` at ``u``."""
+        log_step, factor, mean, m2, count, rm_step, ld, pool = state
+        if ld is not None and log_density is None:
+            raise ValueError("ProposalAdapter(screen=True).adapt: log_density is required")
         if self.adapt_step_size:
             gamma = (rm_step + 1) ** -0.6
-            log_step = log_step + gamma * (accept_prob.mean() - self.target_accept)
+            log_step = log_step + gamma * (_mean(accept_prob, pool) - self.target_accept)
         rm_step += 1
         if t < len(self._in_window) and self._in_window[t]:
             if t in self._window_start:
                 mean, m2, count = torch.zeros_like(mean), torch.zeros_like(m2), 0
+                ld = None if ld is None else torch.zeros_like(ld)
             count += 1
             delta = u - mean
             mean = mean + delta / count
-            if self.dense:
+            if ld is not None:  # per unit
+                ld = ld + log_density
+                m2 = m2 + (delta.unsqueeze(-1) * (u - mean).unsqueeze(-2) if self.dense
+                           else delta * (u - mean))
+            elif self.dense:
                 m2 = m2 + _outer_sum(delta, u - mean)
             else:
                 m2 = m2 + (delta * (u - mean)).sum(0)
             if t in self._window_end and count > 1:
-                factor = self._factor(m2, count, u.shape[0])
+                if ld is None:
+                    pooled, n = m2, u.shape[0] * (count - 1)
+                else:
+                    pool = main_group(ld / count).to(m2.dtype)
+                    pooled, n = self._pool(m2, mean, count, pool, spread=t < self._last_end)
+                factor = self._factor(pooled, n, factor)
                 log_step = torch.full_like(log_step, math.log(self.optimal_step))
                 rm_step = 0
-        return ProposalState(log_step, factor, mean, m2, count, rm_step)
+        return ProposalState(log_step, factor, mean, m2, count, rm_step, ld, pool)
 
-    def _factor(self, m2: torch.Tensor, count: int, units: int) -> torch.Tensor:
-        n = units * (count - 1)  # degrees of freedom of the pooled estimate
+    def _pool(self, m2: torch.Tensor, mean: torch.Tensor, count: int, pool: torch.Tensor,
+              spread: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums of squares over the units with weight ``pool`` and their degrees of freedom:
+        within units, plus (``spread`` and :attr:`spread`) between the units' means."""
+        pooled = (pool.reshape((-1,) + (1,) * (m2.dim() - 1)) * m2).sum(0)
+        units = pool.sum()
+        if not (spread and self.spread):
+            return pooled, units * (count - 1)
+        centre = (pool.unsqueeze(-1) * mean).sum(0) / units
+        dev = (mean - centre) * pool.sqrt().unsqueeze(-1)
+        between = _outer_sum(dev, dev) if self.dense else (dev * dev).sum(0)
+        return pooled + count * between, units * count - 1
+
+    def _factor(self, m2: torch.Tensor, n, previous: torch.Tensor) -> torch.Tensor:
+        """The regularized factor from pooled sums ``m2`` with ``n`` degrees of freedom
+        (an int, or a tensor when screening chose the units)."""
         shrink = n / (n + 5.0)
         jitter = 1e-3 * 5.0 / (n + 5.0)
+        cov = m2 / n
+        var = cov.diagonal() if self.dense else cov
+        # a coordinate nobody moved keeps its previous proposal variance
+        prev_var = (previous**2).sum(-1) if self.dense else previous**2
+        fill = torch.where(var > 0, torch.zeros_like(var), prev_var)
+        var = var + fill
         if self.dense:
-            cov = shrink * m2 / n + jitter * torch.eye(self.dim, dtype=m2.dtype, device=m2.device)
+            cov = shrink * (cov + torch.diag_embed(fill)) + torch.diag_embed(jitter * var)
             chol, info = torch.linalg.cholesky_ex(cov)
             # a failed factorization (info > 0) keeps a diagonal factor instead; no host sync
-            diag = torch.diag_embed(cov.diagonal().clamp_min(jitter).sqrt())
+            tiny = torch.finfo(cov.dtype).tiny
+            diag = torch.diag_embed(cov.diagonal().clamp_min(tiny).sqrt())
             return torch.where(info > 0, diag, chol)
-        return (shrink * m2 / n + jitter).sqrt()
+        return ((shrink + jitter) * var).sqrt()

@@ -57,7 +57,8 @@ class VectorizedKernel(MCMCKernel):
       batch (``initial_params`` with a leading chain dim) and may raise
       :class:`~pyro_dgm.inference.NotVectorizable`;
     - ``initial_params`` and ``sample(params)`` then carry the chain dimension;
-    - ``chain_diagnostics()`` returns one dict per chain.
+    - ``chain_diagnostics()`` returns one dict per chain;
+    - ``check_health()`` may warn about bad chains when the run ends (default: nothing).
 
     ``initial_params`` set by the user (unconstrained values) are kept for every set-up.
     """
@@ -77,6 +78,10 @@ class VectorizedKernel(MCMCKernel):
 
     def chain_diagnostics(self) -> list[dict]:
         raise NotImplementedError
+
+    def check_health(self, stacklevel: int = 1) -> None:
+        """Warn about bad chains at the end of a vectorized run (``stacklevel`` as for
+        :func:`warnings.warn`, counted from the caller); by default nothing."""
 
     def diagnostics(self):
         return self.chain_diagnostics()[0]
@@ -147,6 +152,7 @@ class MCMC(pyro_api.MCMC):
         try:
             with poutine.block():
                 self._run_vectorized(args, kwargs)
+            self.kernel.check_health(stacklevel=2)
         except NotVectorizable as e:
             warnings.warn(f"chain_method='vectorized': {e}; falling back to pyro.infer.MCMC's "
                           "chain handling", UserWarning, stacklevel=2)

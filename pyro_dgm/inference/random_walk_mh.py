@@ -42,6 +42,12 @@ from pyro.infer.autoguide.initialization import InitMessenger, init_to_uniform
 from pyro.infer.mcmc.util import initialize_model
 
 from pyro_dgm.inference.adaptation import ProposalAdapter, check_proposal_args
+from pyro_dgm.inference.chain_health import (
+    ChainHealth,
+    chain_health,
+    per_chain_data,
+    warn_chain_health,
+)
 from pyro_dgm.inference.chain_model import (
     ChainModel,
     NotVectorizable,
@@ -99,6 +105,7 @@ class RandomWalkMH(VectorizedKernel):
     def setup(self, warmup_steps, *args, **kwargs):
         """Prepare one chain (called by :class:`pyro.infer.MCMC`)."""
         self._vectorized = False
+        self._shared_target = True
         user_init = self._user_init
         if self.model is not None:
             try:
@@ -150,6 +157,7 @@ class RandomWalkMH(VectorizedKernel):
             latent sites (enumerating them needs one chain at a time).
         """
         self._vectorized = True
+        self._shared_target = True
         kwargs = kwargs or {}
         if self.potential_fn is not None:
             init, potential = self._user_start(initial_params)
@@ -167,6 +175,7 @@ class RandomWalkMH(VectorizedKernel):
                 if self._user_transforms and name in self._user_transforms:
                     site.to_constrained = self._user_transforms[name].inv
             self.transforms = {name: s.to_constrained.inv for name, s in cm.sites.items()}
+            self._shared_target = not per_chain_data(cm)
             potential = self._chain_potential(cm)
             init = self._chain_init(cm, potential, initial_params)
         self._initial_params = init
@@ -235,13 +244,16 @@ class RandomWalkMH(VectorizedKernel):
                                        covariance=self.covariance,
                                        target_accept=self.target_accept,
                                        step_size=self.step_size,
-                                       adapt_step_size=self.adapt_step_size)
+                                       adapt_step_size=self.adapt_step_size,
+                                       screen=self._shared_target,
+                                       spread=self._shared_target)
         self._state = self.adapter.init(self._num_chains, dtype=z.dtype, device=z.device)
         with torch.no_grad():
             self._chain = MHState(z, -potential(params).detach())
         self._t = 0
         self._accept_count = torch.zeros(self._num_chains, dtype=z.dtype, device=z.device)
         self._accept_prob_sum = torch.zeros((), dtype=z.dtype, device=z.device)  # warm-up
+        self._log_density_sum = torch.zeros_like(self._accept_count)  # after warm-up
         self._scale = None
         self._last = None
 
@@ -274,10 +286,11 @@ class RandomWalkMH(VectorizedKernel):
         self._chain, info = mh_step(self._chain, proposal, -energy, event_dim=1)
         if warmup:
             self._state = self.adapter.adapt(self._state, self._t, self._chain.position,
-                                             info.accept_prob)
+                                             info.accept_prob, self._chain.log_density)
             self._accept_prob_sum += info.accept_prob.mean()
         else:
             self._accept_count += info.accepted
+            self._log_density_sum += self._chain.log_density
         self._t += 1
         if self._t == self._warmup_steps:
             self._scale = self.adapter.scaled_factor(self._state)
@@ -322,10 +335,29 @@ class RandomWalkMH(VectorizedKernel):
             return float(self._accept_prob_sum) / max(self._t, 1)
         return float(self._accept_count.mean()) / (self._t - self._warmup_steps)
 
-    def chain_diagnostics(self) -> list[dict]:
-        """Per chain: ``divergences`` (none), ``acceptance rate`` after warm-up, ``step size``."""
-        draws = max(self._t - self._warmup_steps, 1)
-        rates = (self._accept_count / draws).tolist()
-        step = self.current_step_size
-        return [{"divergences": [], "acceptance rate": r, "step size": step} for r in rates]
+    def chain_health(self) -> ChainHealth:
+        """Per-chain acceptance, mean log density, stuck and minor-mode flags over the
+        sampling phase (:mod:`pyro_dgm.inference.chain_health`; the log density is that of
+        the unconstrained space, :math:`-U`)."""
+        draws = max(self._t - self._warmup_steps, 0)
+        return chain_health(self._accept_count, self._log_density_sum, draws,
+                            compare_chains=self._shared_target)
 
+    def check_health(self, stacklevel: int = 1) -> None:
+        """Warn (:class:`~pyro_dgm.inference.chain_health.ChainHealthWarning`) about stuck
+        and minor-mode chains; :class:`~pyro_dgm.inference.MCMC` calls it after a
+        vectorized run."""
+        warn_chain_health(self.chain_health(), type(self).__name__, stacklevel + 1)
+
+    def chain_diagnostics(self) -> list[dict]:
+        """Per chain: ``divergences`` (none), ``acceptance rate`` after warm-up, ``step size``,
+        and from :meth:`chain_health` ``stuck chain``, ``minor mode`` (0 or 1) and
+        ``mean log density``."""
+        health = self.chain_health()
+        step = self.current_step_size
+        columns = zip(health.acceptance.tolist(), health.stuck.tolist(),
+                      health.minor_mode.tolist(), health.mean_log_density.tolist(), strict=True)
+        return [{"divergences": [], "acceptance rate": rate, "step size": step,
+                 "stuck chain": float(stuck), "minor mode": float(minor),
+                 "mean log density": mean_ld}
+                for rate, stuck, minor, mean_ld in columns]
