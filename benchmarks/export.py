@@ -63,7 +63,7 @@ def _case(case: str, chains: int, draws: int, seed: int) -> dict:
         sigma = pyro.sample("sigma", dist.HalfNormal(x.new_tensor(1.0)))
         beta = pyro.sample("beta", dist.Normal(x.new_zeros(COEFS), 2.0).to_event(1))
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("y", dist.Normal((x * beta.unsqueeze(-2)).sum(-1), sigma), obs=y)
+            pyro.sample("y", dist.Normal((x * beta).sum(-1), sigma), obs=y)
 
     fit = torch.linalg.lstsq(x, y.unsqueeze(-1)).solution.squeeze(-1)
     resid = float((y - x @ fit).std())

@@ -62,16 +62,17 @@ def _per_draw(value: torch.Tensor, num: int, shape: torch.Size, name: str) -> to
                      f"under a plate of {num} draws does not fit ({num}, *{tuple(shape)})")
 
 
-def _score_vectorized(model, draws, info, args, kwargs, deterministic: dict | None = None):
+def _score_vectorized(model, draws, info, args, kwargs, deterministic: dict | None = None,
+                      pointwise: bool = True):
     """One run of the model for all ``draws``; fills ``deterministic`` (when given) with the
-    deterministic sites' values."""
+    deterministic sites' values; ``pointwise=False`` leaves the log-likelihoods out."""
     num = next(iter(draws.values())).shape[0]
     data = {name: _pad(v, info, name) for name, v in draws.items()}
     with torch.no_grad(), poutine.block():
         with pyro.plate("_draws", num, dim=-(info.max_plate_nesting + 1)):
             trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
         trace.compute_log_prob(lambda name, site: name in info.latent or name in info.observed)
-    pointwise, lp = {}, 0.0
+    loglik, lp = {}, 0.0
     for name, site in trace.nodes.items():
         if site["type"] != "sample":
             continue
@@ -82,18 +83,24 @@ def _score_vectorized(model, draws, info, args, kwargs, deterministic: dict | No
             continue
         if name not in info.latent and name not in info.observed:
             continue
-        lp = lp + site["log_prob"].reshape(num, -1).sum(-1)
-        if name in info.observed:
+        site_lp = site["log_prob"]
+        if site_lp.dim() != info.max_plate_nesting + 1 or site_lp.shape[0] != num:
+            # e.g. a (draws, 1) scale against (draws, 1, rows) means: (draws, draws, rows)
+            raise ValueError(f"site {name!r}: log density of shape {tuple(site_lp.shape)} "
+                             f"under a plate of {num} draws; the model does not broadcast")
+        lp = lp + site_lp.reshape(num, -1).sum(-1)
+        if name in info.observed and pointwise:
             raw = site["fn"].log_prob(site["value"])
             shape = info.observed[name].shape[: info.batch_ndim[name]]
-            pointwise[name] = raw.reshape((num,) + shape)
-    return pointwise, lp
+            loglik[name] = raw.reshape((num,) + shape)
+    return loglik, lp
 
 
-def _score_loop(model, draws, info, args, kwargs, deterministic: dict | None = None):
+def _score_loop(model, draws, info, args, kwargs, deterministic: dict | None = None,
+                pointwise: bool = True):
     """One trace per draw (models that do not broadcast over a draws dimension)."""
     num = next(iter(draws.values())).shape[0]
-    pointwise = {name: [] for name in info.observed}
+    loglik = {name: [] for name in info.observed if pointwise}
     values = {name: [] for name in info.deterministic}
     lps = []
     for s in range(num):
@@ -102,14 +109,14 @@ def _score_loop(model, draws, info, args, kwargs, deterministic: dict | None = N
             trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
         lps.append(torch.as_tensor(trace.log_prob_sum(
             lambda name, site: name in info.latent or name in info.observed)))
-        for name in info.observed:
+        for name in info.observed if pointwise else ():
             site = trace.nodes[name]
-            pointwise[name].append(site["fn"].log_prob(site["value"]))
+            loglik[name].append(site["fn"].log_prob(site["value"]))
         for name, shape in info.deterministic.items():
             values[name].append(trace.nodes[name]["value"].reshape(shape))
     if deterministic is not None:
         deterministic.update({k: torch.stack(v) for k, v in values.items()})
-    return {k: torch.stack(v) for k, v in pointwise.items()}, torch.stack(lps)
+    return {k: torch.stack(v) for k, v in loglik.items()}, torch.stack(lps)
 
 
 def _nbytes(x) -> int:
@@ -164,23 +171,22 @@ def score_draws(model, draws: dict[str, torch.Tensor], info: ModelInfo, args=(),
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                pw, lp_part = score(model, part, info, args, kwargs, found)
+                pw, lp_part = score(model, part, info, args, kwargs, found, log_likelihood)
         except (RuntimeError, ValueError, IndexError):
             if score is _score_loop or start > 0:
                 raise
             # the model does not broadcast over a leading draw dimension: one trace per draw
             score = _score_loop
-            pw, lp_part = score(model, part, info, args, kwargs, found)
+            pw, lp_part = score(model, part, info, args, kwargs, found, log_likelihood)
         end = start + lp_part.shape[0]
         if lp is None:  # allocate the results once, from the first chunk's dtypes
             lp = lp_part.new_empty((num,))
-            outputs = {**(pw if log_likelihood else {}), **found}
+            outputs = {**pw, **found}
             for k, v in outputs.items():
                 (pointwise if k in pw else values)[k] = v.new_empty((num,) + v.shape[1:])
         lp[start:end] = lp_part
         for k, v in pw.items():
-            if log_likelihood:
-                pointwise[k][start:end] = v
+            pointwise[k][start:end] = v
         for k, v in found.items():
             values[k][start:end] = v
     if deterministic is not None:

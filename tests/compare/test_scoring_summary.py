@@ -22,7 +22,7 @@ def regression(x, y):
     beta = pyro.sample("beta", dist.Normal(x.new_zeros(3), 1.0).to_event(1))
     pyro.deterministic("beta_norm", beta.norm(dim=-1))
     with pyro.plate("data", x.shape[0]):
-        pyro.sample("y", dist.Normal((x * beta.unsqueeze(-2)).sum(-1), sigma), obs=y)
+        pyro.sample("y", dist.Normal((x * beta).sum(-1), sigma), obs=y)
 
 
 class _Finished:
@@ -156,3 +156,20 @@ def test_derived_quantity_for_a_reference_that_lacks_it():
     with pytest.raises(ValueError, match=r"derived\['nan'\].*non-finite"):
         compare_posteriors({"ref": ref}, reference="ref",
                            derived={"nan": lambda p: p["mu"] * np.nan})
+
+
+def test_a_model_that_broadcasts_wrongly_is_scored_draw_by_draw():
+    """``beta.unsqueeze(-2)`` puts the draws of ``beta`` one dim too far left: under a plate
+    of draws the likelihood pairs every draw's mean with every draw's scale. The scores must
+    still be each draw's own (the per-draw loop), not a silent mix."""
+    def skewed(x, y):
+        sigma = pyro.sample("sigma", dist.HalfNormal(x.new_tensor(1.0)))
+        beta = pyro.sample("beta", dist.Normal(x.new_zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Normal((x * beta.unsqueeze(-2)).sum(-1), sigma), obs=y)
+
+    run = _run()
+    right = from_mcmc(run)
+    run.kernel.model = skewed
+    np.testing.assert_allclose(from_mcmc(run, chunk_size=5).sample_stats["lp"].values,
+                               right.sample_stats["lp"].values, rtol=1e-12)
