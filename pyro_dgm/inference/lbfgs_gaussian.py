@@ -91,13 +91,18 @@ def _direction(g: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) 
 
 def lbfgs_path(fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *,
                history_size: int = 6, max_iters: int = 1000, rel_tol: float = 1e-10,
-               grad_tol: float = 1e-8, max_line_search: int = 25) -> LBFGSPath:
+               grad_tol: float = 1e-8, max_line_search: int = 25,
+               wolfe_c2: float = 0.9) -> LBFGSPath:
     r"""Minimize ``fn`` from ``x0`` by L-BFGS with a strong-Wolfe line search and record the
     path. Stops after ``max_iters`` iterations, when the relative decrease
     :math:`|f_l - f_{l+1}| / \max(|f_l|, |f_{l+1}|, 1)` falls below ``rel_tol``, when
     :math:`\lVert\nabla f\rVert_\infty` falls below ``grad_tol``, or when the line search
     makes no progress.
 
+    :param wolfe_c2: the curvature constant of the strong Wolfe conditions (``c1 = 1e-4``):
+        0.9 is the usual inexact search; near 0 the search is near exact, the updates near
+        conjugate, and on a Gaussian with ``history_size >= D`` the inverse Hessian of the
+        last iterates near exact (BFGS's hereditary property).
     :param fn: the objective of a 1-D tensor (differentiable by autograd).
     :raises ValueError: if ``fn(x0)`` or its gradient is not finite.
     """
@@ -127,7 +132,7 @@ def lbfgs_path(fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *,
             d, gtd = -g, -g.dot(g)
         t = min(1.0, 1.0 / float(g.abs().sum())) if it == 0 else 1.0
         f_new, g_new, t, _ = _strong_wolfe(lambda x_, t_, d_: value_and_grad(x_ + t_ * d_),
-                                           x, t, d, f, g, gtd, max_ls=max_line_search)
+                                           x, t, d, f, g, gtd, c2=wolfe_c2, max_ls=max_line_search)
         x_new = x + t * d
         if not (math.isfinite(f_new) and bool(torch.isfinite(g_new).all())) or f_new > f:
             break

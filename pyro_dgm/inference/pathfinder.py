@@ -52,7 +52,7 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_uniform
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from pyro_dgm._validation import check_int, check_positive
+from pyro_dgm._validation import check_int, check_positive, check_probability
 from pyro_dgm.inference.lbfgs_gaussian import (
     LBFGSNormal,
     curvature_history,
@@ -65,6 +65,7 @@ __all__ = ["Pathfinder", "init_to_pathfinder"]
 
 _DRAWS_PLATE = "_pathfinder_draws"
 _MAX_START_TRIES = 100
+_REL_TOL_FLOAT64 = 1e4 * torch.finfo(torch.float64).eps  # Stan's tol_rel_obj
 
 
 class _NotBatched(ValueError):
@@ -85,8 +86,13 @@ class Pathfinder(AutoContinuous):
     :param init_scale: starts uniform in ``(-init_scale, init_scale)`` per unconstrained
         coordinate (Stan's default 2).
     :param rel_tol: stop a path when the relative change of :math:`\log p` falls below this
-        (default ``1e4`` times the dtype's machine epsilon, Stan's ``tol_rel_obj``).
+        (default: Stan's ``tol_rel_obj``, ``1e4`` float64 epsilons, or 10 epsilons of a
+        coarser dtype).
     :param grad_tol: stop when :math:`\lVert\nabla\log p\rVert_\infty` falls below this.
+    :param wolfe_c2: curvature constant of the strong-Wolfe line search (0.9, as Stan); a
+        small value (0.01) makes the search near exact, which costs a few more gradients per
+        iteration but gives near-conjugate updates and markedly better covariances when
+        ``history_size`` is at least the dimension (see ``docs/pathfinder.md``).
 
     After :meth:`fit`: :attr:`num_grad_evals` (log-density gradients, line searches
     included), :attr:`num_logp_evals` (log densities of ELBO and resampling draws, no
@@ -97,7 +103,7 @@ class Pathfinder(AutoContinuous):
     def __init__(self, model: Callable, *, num_paths: int = 4, history_size: int = 6,
                  num_draws: int = 1000, num_elbo_draws: int = 25, max_iters: int = 1000,
                  init_scale: float = 2.0, rel_tol: float | None = None,
-                 grad_tol: float = 1e-8):
+                 grad_tol: float = 1e-8, wolfe_c2: float = 0.9):
         self.num_paths = check_int("num_paths", num_paths, minimum=1)
         self.history_size = check_int("history_size", history_size, minimum=1)
         self.num_draws = check_int("num_draws", num_draws, minimum=1)
@@ -106,6 +112,9 @@ class Pathfinder(AutoContinuous):
         self.init_scale = check_positive("init_scale", init_scale)
         self.rel_tol = None if rel_tol is None else check_positive("rel_tol", rel_tol)
         self.grad_tol = check_positive("grad_tol", grad_tol, strict=False)
+        self.wolfe_c2 = check_probability("wolfe_c2", wolfe_c2)
+        if self.wolfe_c2 <= 1e-4:
+            raise ValueError(f"wolfe_c2 must exceed c1 = 1e-4, got {wolfe_c2}")
         super().__init__(model, init_loc_fn=init_to_uniform(radius=self.init_scale))
         self.num_grad_evals = 0
         self.num_logp_evals = 0
@@ -178,13 +187,14 @@ class Pathfinder(AutoContinuous):
     # -- fitting ---------------------------------------------------------------------------
     def _run_path(self, args, kwargs, like: torch.Tensor):
         """One path: L-BFGS from a uniform start, the best iterate's Gaussian and ELBO."""
-        rel_tol = self.rel_tol or 1e4 * torch.finfo(like.dtype).eps
+        rel_tol = self.rel_tol or max(_REL_TOL_FLOAT64, 10 * torch.finfo(like.dtype).eps)
         for _ in range(_MAX_START_TRIES):
             x0 = (2 * torch.rand_like(like) - 1) * self.init_scale
             try:
                 path = lbfgs_path(lambda z: -self._log_joint(z, args, kwargs), x0,
                                   history_size=self.history_size, max_iters=self.max_iters,
-                                  rel_tol=rel_tol, grad_tol=self.grad_tol)
+                                  rel_tol=rel_tol, grad_tol=self.grad_tol,
+                                  wolfe_c2=self.wolfe_c2)
             except ValueError:  # log density not finite at the start: draw another
                 self.num_grad_evals += 1
                 continue

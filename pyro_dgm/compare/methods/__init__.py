@@ -7,7 +7,8 @@
 - :mod:`~pyro_dgm.compare.methods.samplers`: this package's MCMC kernels (``mh``,
   ``gibbs``);
 - :mod:`~pyro_dgm.compare.methods.flows`: normalizing-flow guides (``flow-planar``,
-  ``flow-radial``, ``flow-iaf``, ``flow-realnvp``).
+  ``flow-radial``, ``flow-iaf``, ``flow-realnvp``);
+- :mod:`~pyro_dgm.compare.methods.pathfinder`: Pathfinder (``pathfinder``).
 
 Importing this package registers them all. What they share: :func:`fit_svi`,
 :func:`export_guide`, :func:`run_vectorized` (:mod:`~pyro_dgm.compare.methods.fitting`) and
@@ -16,7 +17,7 @@ the MCMC start :func:`map_start` / :func:`init_to_jittered`
 registered with :func:`pyro_dgm.compare.registry.register_method`.
 """
 
-from pyro_dgm.compare.methods import flows, objectives, pyro, samplers
+from pyro_dgm.compare.methods import flows, objectives, pathfinder, pyro, samplers
 from pyro_dgm.compare.methods.fitting import export_guide, fit_svi, run_vectorized, vi_draws
 from pyro_dgm.compare.methods.starts import init_to_jittered, map_start
 
@@ -27,6 +28,7 @@ __all__ = [
     "init_to_jittered",
     "map_start",
     "objectives",
+    "pathfinder",
     "pyro",
     "run_vectorized",
     "samplers",
