@@ -171,9 +171,10 @@ def compare_posteriors(
 
 
 def _worst(group: pd.DataFrame) -> str:
-    """The parameter with the largest |standardized mean error| ("" when none is finite)."""
+    """The parameter with the largest |standardized mean error| ("" when none is finite or
+    all are 0, as for the reference itself)."""
     errors = group["std_mean_error"].abs()
-    if not errors.notna().any():
+    if not errors.notna().any() or errors.max() == 0:
         return ""
     return str(group["parameter"].loc[errors.idxmax()])
 

@@ -119,6 +119,7 @@ def test_summary_names_the_worst_parameter():
     assert summary.loc["off", "max_abs_std_error"] > 2 * summary.loc["off",
                                                                      "mean_abs_std_error"]
     assert summary.loc["ref", "max_abs_std_error"] == 0
+    assert summary.loc["ref", "worst_parameter"] == ""
     nan_rows = pd.DataFrame({"method": ["m"], "kind": ["vi"], "parameter": ["c"],
                              "std_mean_error": [np.nan], "sd_ratio": [np.nan],
                              "w1_std": [np.nan], "r_hat": [np.nan], "ess_bulk": [np.nan],
