@@ -24,6 +24,7 @@ __all__ = [
     "DLGM_GUIDES",
     "DLGM_LIKELIHOODS",
     "DLGM_OBJECTIVES",
+    "DISTRIBUTED_TIMEOUT",
     "DTYPE_NAMES",
     "MAP_LBFGS_ITERATIONS",
     "MAP_STARTS",
@@ -58,3 +59,8 @@ DLGM_GUIDES = ("gaussian", "planar", "radial", "iaf", "realnvp")
 DLGM_DATASETS = ("digits", "digits-continuous")
 DLGM_LIKELIHOODS = ("bernoulli", "gaussian")
 DLGM_BINARIZE = ("dynamic", "fixed")
+
+# --- pyro-dgm train --distributed ---------------------------------------------------------
+#: seconds a process waits in a collective for the others before it stops and names the
+#: stuck rank (``--timeout``; torch's own default is 300 s)
+DISTRIBUTED_TIMEOUT = 60.0

@@ -29,18 +29,30 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads (default 1)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="evaluate this checkpoint file of DIR instead of the newest")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the arguments, evaluate, print the JSON result; returns the exit code."""
+    for name, minimum in (("num_samples", 1), ("chunk_size", 1), ("seed", 0), ("threads", 1)):
+        value = getattr(args, name)
+        if value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')}: must be >= {minimum}, got {value}")
     import torch
 
     from pyro_dgm.dlgm import evaluate_run
+    from pyro_dgm.dlgm.config import check_device
+    from pyro_dgm.dlgm.rundir import RunDirectoryError
 
-    if args.threads < 1:
-        raise ValueError(f"threads must be >= 1, got {args.threads}")
+    check_device("--device", args.device)
     torch.set_num_threads(args.threads)
-    result = evaluate_run(args.directory, num_samples=args.num_samples,
-                          chunk_size=args.chunk_size, device=args.device, seed=args.seed)
+    try:
+        result = evaluate_run(args.directory, num_samples=args.num_samples,
+                              chunk_size=args.chunk_size, device=args.device, seed=args.seed,
+                              checkpoint=args.checkpoint)
+    except RunDirectoryError as e:
+        raise ValueError(f"directory: {e}") from None
     print(json.dumps(result, indent=1))
     return 0

@@ -73,12 +73,15 @@ from pyro_dgm.distributed.launch import (
     setup_from_env,
     teardown,
 )
+from pyro_dgm.distributed.watch import Heartbeat, StuckRankError
 
 __all__ = [
     "TORCHRUN_ENV",
     "DDPStrategy",
     "DistributedContext",
+    "Heartbeat",
     "ShardedIndexLoader",
+    "StuckRankError",
     "distribute_objective",
     "gather_chains",
     "index_plates",

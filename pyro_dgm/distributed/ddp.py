@@ -26,7 +26,9 @@ from pyro.infer import ELBO
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_dgm._validation import check_int
+from pyro_dgm.defaults import DISTRIBUTED_TIMEOUT
 from pyro_dgm.distributed.launch import DistributedContext, setup_from_env, teardown, world
+from pyro_dgm.distributed.watch import Heartbeat, StuckRankError, is_timeout
 from pyro_dgm.dlgm.strategy import Strategy
 
 __all__ = ["DDPStrategy", "ShardedIndexLoader", "distribute_objective", "index_plates",
@@ -197,15 +199,26 @@ class DDPStrategy(Strategy):
     (:func:`wrap_module`), the logged loss is the mean over processes
     (:func:`reduce_mean`), only rank 0 writes files, and :meth:`close` leaves the group.
 
+    A process that freezes makes the others stop after ``timeout`` seconds with a
+    :class:`~pyro_dgm.distributed.watch.StuckRankError` naming it (each rank records its
+    step in the group's store, :class:`~pyro_dgm.distributed.watch.Heartbeat`).
+
+    :param timeout: seconds a collective waits for the other processes (default
+        :data:`pyro_dgm.defaults.DISTRIBUTED_TIMEOUT`).
+
     Example (in a script started by ``torchrun --nproc_per_node 2``)::
 
         >>> result = train(TrainConfig(epochs=10), "runs/ddp", strategy=DDPStrategy())
         >>> result.is_main                      # True on rank 0 only
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = DISTRIBUTED_TIMEOUT) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.timeout = float(timeout)
         self.ctx: DistributedContext | None = None
         self.per_rank: int | None = None
+        self.heartbeat: Heartbeat | None = None
 
     @property
     def is_main(self) -> bool:
@@ -221,7 +234,16 @@ class DDPStrategy(Strategy):
             ``batch_size`` that the world size does not divide.
         """
         batch_size = check_int("batch_size", batch_size, minimum=1)
-        self.ctx = setup_from_env(device or None, num_data=num_data)
+        try:
+            self.ctx = setup_from_env(device or None, num_data=num_data,
+                                      timeout=self.timeout)
+        except RuntimeError as e:
+            if not is_timeout(e):
+                raise
+            raise StuckRankError(
+                f"rank {os.environ.get('RANK', '?')}: the other processes did not join "
+                f"within {self.timeout:g} s (raise --timeout if they are only slow)") from e
+        self.heartbeat = Heartbeat(self.ctx.rank, self.ctx.world_size, self.timeout)
         if batch_size % self.ctx.world_size:
             teardown()
             raise ValueError(f"--batch-size {batch_size} is not divisible by the world size "
@@ -236,12 +258,20 @@ class DDPStrategy(Strategy):
         return self.ctx
 
     def index_batches(self, epoch: int, num_data: int,
-                      generator: torch.Generator) -> list[torch.Tensor]:
-        """This rank's shard of each global batch of the epoch's permutation."""
+                      generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """This rank's shard of each global batch of the epoch's permutation (each step is
+        recorded in the heartbeat before it is handed out)."""
         ctx = self._context()
         perm = torch.randperm(num_data, generator=generator)
-        return shard_permutation(perm, self.per_rank, rank=ctx.rank,
-                                 world_size=ctx.world_size)
+        batches = shard_permutation(perm, self.per_rank, rank=ctx.rank,
+                                    world_size=ctx.world_size)
+        for step, idx in enumerate(batches):
+            self.heartbeat.beat(epoch, step)
+            yield idx
+
+    def explain(self, error: Exception) -> Exception:
+        """A timed-out collective becomes a :class:`StuckRankError` naming the stuck rank."""
+        return error if self.heartbeat is None else self.heartbeat.explain(error)
 
     def wrap(self, loss_module: torch.nn.Module) -> DistributedDataParallel:
         """``loss_module`` in ``DistributedDataParallel`` (gradients averaged)."""

@@ -18,6 +18,8 @@ import pyro
 import torch
 import torch.distributed as dist
 
+from pyro_dgm.defaults import DISTRIBUTED_TIMEOUT
+
 __all__ = ["TORCHRUN_ENV", "DistributedContext", "rank_seed", "setup_from_env", "teardown",
            "world"]
 
@@ -44,7 +46,7 @@ def setup_from_env(
     device: str | torch.device | None = None,
     *,
     num_data: int | None = None,
-    timeout: float = 300.0,
+    timeout: float = DISTRIBUTED_TIMEOUT,
 ) -> DistributedContext:
     """Join the process group described by the ``torchrun`` environment.
 
@@ -54,7 +56,9 @@ def setup_from_env(
 
     :param device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
     :param num_data: the data set size; a world size larger than it is an error.
-    :param timeout: seconds a collective may wait for the other processes.
+    :param timeout: seconds a collective may wait for the other processes (default
+        :data:`pyro_dgm.defaults.DISTRIBUTED_TIMEOUT`; a frozen process is then reported
+        within this time instead of torch's 300 s).
     :raises ValueError: outside a ``torchrun`` environment, or ``WORLD_SIZE > num_data``.
     """
     missing = [k for k in TORCHRUN_ENV if k not in os.environ]
@@ -62,6 +66,8 @@ def setup_from_env(
         raise ValueError(
             f"--distributed needs a torchrun environment ({', '.join(missing)} not set): "
             "launch with `torchrun --nproc_per_node N -m pyro_dgm ...`")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     if num_data is not None and world_size > num_data:

@@ -12,7 +12,10 @@ and renamed over the final name (``os.replace``), so a crash mid-write never lea
 half-written checkpoint under a checkpoint name. The last ``keep`` checkpoints are kept
 (default two), so if the newest is damaged after the fact (truncated copy, bad disk) the
 previous one is still there; :func:`load_checkpoint` then raises a ``ValueError`` naming
-the damaged file and the intact one to fall back on.
+the damaged file and the intact one to continue from (``checkpoint=`` / ``--checkpoint``),
+and deletes nothing. A file that parses but does not load (a CUDA checkpoint on a CPU-only
+machine, another torch version) is reported as such. Only checkpoints of the run that
+``config.json`` names are used (:mod:`~pyro_dgm.dlgm.rundir`).
 
 **Resume is resolved here, once**: :func:`resume_point` reads the newest checkpoint of a run
 and returns its stored :class:`~pyro_dgm.dlgm.TrainConfig` and state; the command line and
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import os
 import random
-import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +44,16 @@ import torch
 
 from pyro_dgm.dlgm.config import TrainConfig, load_data
 from pyro_dgm.dlgm.guides import build
+from pyro_dgm.dlgm.rundir import (
+    RunDirectoryError,
+    check_belongs,
+    checkpoint_paths,
+    read_run_file,
+)
 from pyro_dgm.models.dlgm import DLGM
 
 __all__ = ["capture_rng_state", "checkpoint_paths", "load_checkpoint", "load_trained",
            "restore_rng_state", "resume_point", "save_checkpoint"]
-
-_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
-
 
 def capture_rng_state() -> dict:
     """torch, CUDA, numpy and Python random states as ``weights_only``-safe values."""
@@ -76,19 +82,6 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_paths(directory: str | os.PathLike) -> list[Path]:
-    """Checkpoint files of ``directory``, oldest epoch first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = []
-    for path in directory.iterdir():
-        match = _NAME.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
 def save_checkpoint(directory: str | os.PathLike, state: dict, *, keep: int = 2) -> Path:
     """Write ``state`` (must hold an int ``"epoch"``) atomically; keep the newest ``keep``."""
     if keep < 1:
@@ -107,39 +100,102 @@ def save_checkpoint(directory: str | os.PathLike, state: dict, *, keep: int = 2)
     return path
 
 
-def load_checkpoint(directory: str | os.PathLike,
-                    map_location: str | torch.device | None = None) -> dict:
-    """Load the newest checkpoint of ``directory`` with ``weights_only=True``.
+def _readable(path: Path) -> str | None:
+    """Why ``path`` cannot be parsed as a ``torch.save`` file (``None``: it can)."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    if size == 0:
+        return "is empty (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        return f"is truncated or corrupted (not a complete torch.save archive, {size} bytes)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"is truncated or corrupted ({type(e).__name__}: {e})"
+    return None if bad is None else f"is truncated or corrupted (bad member {bad})"
 
-    :raises ValueError: no such directory, no checkpoint in it, or a newest checkpoint that
-        is truncated or corrupted (the message names the previous checkpoint, which is left
-        untouched).
+
+def _reason(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:160]}" if lines else type(error).__name__
+
+
+def _damaged(path: Path, why: str, older: list[Path]) -> RunDirectoryError:
+    intact = next((p for p in reversed(older) if _readable(p) is None), None)
+    if intact is None:
+        tail = "; no earlier intact checkpoint is left in the directory"
+    else:
+        tail = (f"; the previous checkpoint {intact.name} is intact: continue from it with "
+                f"`pyro-dgm train --resume {path.parent} --checkpoint {intact.name}` (or "
+                f"`pyro-dgm evaluate {path.parent} --checkpoint {intact.name}`); nothing was "
+                "deleted")
+    return RunDirectoryError(f"checkpoint {str(path)!r} {why}{tail}")
+
+
+def load_checkpoint(directory: str | os.PathLike,
+                    map_location: str | torch.device | None = None, *,
+                    checkpoint: str | None = None) -> dict:
+    """Load the newest checkpoint of ``directory`` (or ``checkpoint``), ``weights_only``.
+
+    Only checkpoints of the run ``config.json`` names are used (see
+    :mod:`~pyro_dgm.dlgm.rundir`); a newest checkpoint of another run is skipped.
+
+    :param checkpoint: a file name in ``directory`` (e.g. ``"checkpoint-00003.pt"``) to load
+        instead of the newest.
+    :raises RunDirectoryError: (a ``ValueError``) no such directory or checkpoint; a
+        checkpoint that cannot be parsed (the message names the newest intact earlier one;
+        nothing is deleted); a checkpoint that parses but does not load (device, dtype,
+        version: said as such); one that belongs to another run.
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"resume: {str(directory)!r} is not a directory")
+        raise RunDirectoryError(f"{str(directory)!r} is not a directory")
     paths = checkpoint_paths(directory)
+    if checkpoint is not None:
+        chosen = [p for p in paths if p.name == Path(checkpoint).name]
+        if not chosen:
+            names = ", ".join(p.name for p in paths) or "none"
+            raise RunDirectoryError(f"no checkpoint {checkpoint!r} in {str(directory)!r} "
+                                    f"(there: {names})")
+        paths = paths[:paths.index(chosen[0]) + 1]
     if not paths:
-        raise ValueError(f"resume: no checkpoint (checkpoint-*.pt) in {str(directory)!r}")
-    path = paths[-1]
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, unexpected types ...
-        fallback = (f"; the previous checkpoint {paths[-2].name} is intact: delete "
-                    f"{path.name} to resume from it") if len(paths) > 1 else ""
-        raise ValueError(f"checkpoint {str(path)!r} is truncated or corrupted "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:120]}){fallback}"
-                         ) from None
-    required = ("epoch", "config", "model", "guide", "optimizer", "rng")
-    if not isinstance(state, dict) or any(k not in state for k in required):
-        raise ValueError(f"checkpoint {str(path)!r} is not a pyro-dgm training checkpoint "
-                         f"(needs keys {', '.join(required)})")
-    state["path"] = str(path)
-    return state
+        raise RunDirectoryError(f"no checkpoint (checkpoint-*.pt) in {str(directory)!r}")
+    run_id = (read_run_file(directory) or {}).get("run_id")
+    for i in range(len(paths) - 1, -1, -1):
+        path = paths[i]
+        why = _readable(path)
+        if why is not None:
+            raise _damaged(path, why, paths[:i])
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - the file parses: device, dtype, version
+            why = _readable(path)
+            if why is not None:  # changed under us
+                raise _damaged(path, why, paths[:i]) from None
+            hint = (": it holds CUDA tensors; load it with --device cpu (map_location='cpu')"
+                    if "CUDA" in str(e) else "")
+            raise RunDirectoryError(
+                f"checkpoint {str(path)!r} is intact but could not be loaded with "
+                f"map_location={map_location!r} ({_reason(e)}){hint}") from None
+        required = ("epoch", "config", "model", "guide", "optimizer", "rng")
+        if not isinstance(state, dict) or any(k not in state for k in required):
+            raise RunDirectoryError(f"checkpoint {str(path)!r} is not a pyro-dgm training "
+                                    f"checkpoint (needs keys {', '.join(required)})")
+        mine = (state.get("run") or {}).get("run_id")
+        if run_id and mine and mine != run_id and checkpoint is None and i > 0:
+            continue  # another run's leftover: only this run's checkpoints are used
+        check_belongs(directory, path, state)
+        state["path"] = str(path)
+        return state
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def resume_point(directory: str | os.PathLike,
-                 map_location: str | torch.device | None = None) -> tuple[TrainConfig, dict]:
+                 map_location: str | torch.device | None = None, *,
+                 checkpoint: str | None = None) -> tuple[TrainConfig, dict]:
     """The stored config and the state of the newest checkpoint of ``directory``.
 
     The one place a run is read back for resuming: the caller may change ``epochs`` (the
@@ -148,6 +204,8 @@ def resume_point(directory: str | os.PathLike,
 
     :param map_location: where to load the tensors (``"cpu"`` for resuming: the random
         states must be CPU tensors).
+    :param checkpoint: continue from this checkpoint file of ``directory`` instead of the
+        newest (e.g. the intact one an error message names).
     :raises ValueError: as :func:`load_checkpoint`, or a stored config that is not valid.
 
     Example::
@@ -156,21 +214,24 @@ def resume_point(directory: str | os.PathLike,
         >>> config.epochs = 80
         >>> result = train(config, "runs/iwae5", resume=state)
     """
-    state = load_checkpoint(directory, map_location=map_location)
+    state = load_checkpoint(directory, map_location=map_location, checkpoint=checkpoint)
     return TrainConfig.from_dict(state["config"]), state
 
 
-def load_trained(directory: str | os.PathLike, map_location: str | torch.device | None = None
+def load_trained(directory: str | os.PathLike, map_location: str | torch.device | None = None,
+                 *, checkpoint: str | None = None
                  ) -> tuple[DLGM, torch.nn.Module, TrainConfig, dict]:
     """``(model, guide, config, state)`` from the newest checkpoint of ``directory``.
 
     :param map_location: device to rebuild the model on (default: the stored one).
+    :param checkpoint: a checkpoint file of ``directory`` to use instead of the newest.
 
     Example::
 
         >>> model, guide, config, state = load_trained("runs/iwae5")
     """
-    config, state = resume_point(directory, map_location=map_location)
+    config, state = resume_point(directory, map_location=map_location,
+                                 checkpoint=checkpoint)
     if map_location is not None:
         config.device = str(map_location)
     x = load_data(config, 0, "train")

@@ -35,7 +35,7 @@ from pyro_dgm.defaults import (
 )
 
 __all__ = ["BINARIZE", "DATASETS", "ESTIMATORS", "LIKELIHOODS", "OBJECTIVES", "TrainConfig",
-           "load_data"]
+           "check_device", "load_data"]
 
 #: training objectives: ``Trace_ELBO``, :class:`~pyro_dgm.inference.IWAE`,
 #: :class:`~pyro_dgm.inference.PerturbativeELBO`
@@ -111,6 +111,7 @@ class TrainConfig:
             raise ValueError("data 'digits-continuous' (standardized) needs likelihood "
                              "'gaussian'")
         check_int("k", self.k, minimum=1)
+        check_int("seed", self.seed, minimum=0)
         check_int("epochs", self.epochs, minimum=0)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("num_flows", self.num_flows, minimum=1)
@@ -127,6 +128,36 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"config: unknown field(s) {sorted(unknown)}")
         return cls(**d).validate()
+
+
+def check_device(name: str, device: str | torch.device | None) -> str | None:
+    """``device`` as a string if this machine has it (``None`` passes through).
+
+    :raises ValueError: naming ``name``: an unknown device string, or CUDA/MPS that is not
+        available here.
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name}: unknown device {str(device)!r} (use cpu, cuda, cuda:N "
+                         "or mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: {str(device)!r} but CUDA is not available on this "
+                             "machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: {str(device)!r} but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{name}: {str(device)!r} but MPS is not available on this "
+                             "machine")
+    elif dev.type != "cpu":
+        raise ValueError(f"{name}: device type {dev.type!r} is not supported (use cpu, cuda "
+                         "or mps)")
+    return str(device)
 
 
 def load_data(config: TrainConfig, epoch: int | None = None,

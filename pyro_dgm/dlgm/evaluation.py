@@ -39,7 +39,7 @@ import torch
 
 from pyro_dgm._validation import check_int
 from pyro_dgm.dlgm.checkpoint import load_trained
-from pyro_dgm.dlgm.config import load_data
+from pyro_dgm.dlgm.config import check_device, load_data
 from pyro_dgm.inference import LogLikelihood, log_marginal_likelihood
 from pyro_dgm.models.dlgm import DLGM
 
@@ -194,12 +194,22 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, ncols: int
 
 
 def evaluate_run(directory: str | os.PathLike, *, num_samples: int = 5000,
-                 chunk_size: int = 250, device: str | None = None, seed: int = 0) -> dict:
+                 chunk_size: int = 250, device: str | None = None, seed: int = 0,
+                 checkpoint: str | None = None) -> dict:
     """Evaluate the newest checkpoint of a ``pyro-dgm train`` run; writes
-    ``evaluation.json``, ``samples.png`` and ``imputation.png`` into ``directory``."""
+    ``evaluation.json``, ``samples.png`` and ``imputation.png`` into ``directory``.
+
+    :param checkpoint: a checkpoint file of ``directory`` to evaluate instead of the newest.
+    :raises ValueError: bad arguments or device; a checkpoint that is damaged, does not load
+        or does not match ``config.json`` (:func:`~pyro_dgm.dlgm.load_checkpoint`).
+    """
     directory = Path(directory)
     num_samples = check_int("num_samples", num_samples, minimum=1)
-    model, guide, config, state = load_trained(directory, map_location=device)
+    check_int("chunk_size", chunk_size, minimum=1)
+    check_int("seed", seed, minimum=0)
+    check_device("device", device)
+    model, guide, config, state = load_trained(directory, map_location=device,
+                                               checkpoint=checkpoint)
     pyro.set_rng_seed(seed)
     x_test = load_data(config, None, "test")
     x_train = load_data(config, 0, "train")

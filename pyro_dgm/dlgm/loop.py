@@ -25,6 +25,11 @@ dynamic binarization come from generators seeded by ``(seed, epoch)``, and the s
 state from the restored RNGs, so 4 epochs equal 2 epochs plus a resume for 2.
 ``config.epochs`` is the total number of epochs.
 
+A run owns its directory (:mod:`~pyro_dgm.dlgm.rundir`): a fresh run refuses a directory
+holding another run's checkpoints unless ``overwrite=True``, and ``config.json`` and every
+checkpoint carry the run's id and config hash. A loss that is not finite stops the run with
+``ValueError: loss is not finite at epoch E step S: lower the learning rate``.
+
 Example::
 
     >>> cfg = TrainConfig(latent_dims=[10], objective="iwae", k=5, epochs=20)
@@ -52,8 +57,9 @@ from pyro_dgm.dlgm.checkpoint import (
     resume_point,
     save_checkpoint,
 )
-from pyro_dgm.dlgm.config import TrainConfig, load_data
+from pyro_dgm.dlgm.config import TrainConfig, check_device, load_data
 from pyro_dgm.dlgm.guides import build, build_objective
+from pyro_dgm.dlgm.rundir import check_run_dir, clear_run_dir, new_identity, write_run_file
 from pyro_dgm.dlgm.strategy import LocalStrategy, Strategy
 from pyro_dgm.models.dlgm import DLGM
 
@@ -108,23 +114,54 @@ def _plot_loss(out: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def _resolve(config: TrainConfig, out: Path | None,
-             resume: bool | dict) -> tuple[TrainConfig, dict | None]:
+def _resolve(config: TrainConfig, out: Path | None, resume: bool | dict,
+             overwrite: bool) -> tuple[TrainConfig, dict | None]:
     """The run's config and the checkpoint state to continue from (``None``: fresh)."""
     if isinstance(resume, dict):  # already read by resume_point
-        return config.validate(), resume
-    if not resume:
-        return config.validate(), None
-    if out is None:
-        raise ValueError("resume needs the run directory")
-    stored, state = resume_point(out, map_location="cpu")
-    stored.epochs = config.epochs
-    return stored.validate(), state
+        config, state = config.validate(), resume
+    elif not resume:
+        config, state = config.validate(), None
+        if out is not None:
+            check_run_dir(out, overwrite=overwrite)  # read-only; cleared by the main process
+    else:
+        if out is None:
+            raise ValueError("resume needs the run directory")
+        stored, state = resume_point(out, map_location="cpu")
+        stored.epochs = config.epochs
+        config = stored.validate()
+    if state is not None and overwrite:
+        raise ValueError("overwrite: a resumed run continues its directory; overwrite is "
+                         "for a fresh run only")
+    check_device("device", config.device)
+    return config, state
+
+
+def _diverged(epoch: int, step: int, lr: float) -> ValueError:
+    return ValueError(f"loss is not finite at epoch {epoch + 1} step {step + 1}: lower the "
+                      f"learning rate (lr={lr:g})")
+
+
+def _step(step_module, optimizer, x, idx, params, epoch: int, step: int,
+          lr: float) -> torch.Tensor:
+    """One optimizer step; a non-finite loss or parameters raise the project's message."""
+    try:
+        loss = step_module(x, subsample=idx)
+    except ValueError:  # Pyro's validation of a distribution built from NaN parameters
+        if all(bool(torch.isfinite(p).all()) for p in params):
+            raise
+        raise _diverged(epoch, step, lr) from None
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()  # after the (collective) backward: every process gets here
+    loss = loss.detach()
+    if not bool(torch.isfinite(loss)):
+        raise _diverged(epoch, step, lr)
+    return loss
 
 
 def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
           resume: bool | dict = False, progress: bool = True,
-          strategy: Strategy | None = None) -> TrainResult:
+          strategy: Strategy | None = None, overwrite: bool = False) -> TrainResult:
     """Train (or continue training) a DLGM; see the module docstring.
 
     :param config: the run. With ``resume=True`` every field but ``epochs`` comes from the
@@ -136,8 +173,10 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     :param progress: show a progress bar (main process only).
     :param strategy: how the loop spreads over processes (default:
         :class:`~pyro_dgm.dlgm.LocalStrategy`); closed when the loop ends.
-    :raises ValueError: bad config, data the model cannot take, resume without checkpoint,
-        a diverging loss.
+    :param overwrite: a fresh run may replace another run in ``out`` (its checkpoints and
+        run files are removed first); without it such a directory is an error.
+    :raises ValueError: bad config or device, ``out`` holding another run, data the model
+        cannot take, resume without checkpoint, a loss that is not finite.
 
     Example::
 
@@ -148,7 +187,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     out = None if out is None else Path(out)
     strategy = LocalStrategy() if strategy is None else strategy
     try:
-        config, state = _resolve(config, out, resume)
+        config, state = _resolve(config, out, resume, overwrite)
         x0 = load_data(config, 0, "train")  # its own generators: no global random state
         device = strategy.start(device=config.device, batch_size=config.batch_size,
                                 num_data=len(x0))
@@ -156,13 +195,18 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
             config.device = device
             x0 = load_data(config, 0, "train")
         with pyro.settings.context(module_local_params=True):
-            return _loop(config, out, state, x0, strategy, progress)
+            return _loop(config, out, state, x0, strategy, progress, overwrite)
+    except Exception as error:
+        better = strategy.explain(error)
+        if better is error:
+            raise
+        raise better from error
     finally:
         strategy.close()
 
 
 def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.Tensor,
-          strategy: Strategy, progress: bool) -> TrainResult:
+          strategy: Strategy, progress: bool, overwrite: bool) -> TrainResult:
     pyro.set_rng_seed(config.seed)
     x_test = load_data(config, None, "test")
     model, guide = build(config, x0)
@@ -171,7 +215,9 @@ def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.T
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
     history: list[dict] = []
     start = 0
+    identity = new_identity(config)
     if state is not None:
+        identity = dict(state.get("run") or identity)
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
         optimizer.load_state_dict(state["optimizer"])
@@ -179,12 +225,15 @@ def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.T
         start = int(state["epoch"])
         restore_rng_state(state["rng"])
     step_module = strategy.wrap(loss_module)
+    params = list(loss_module.parameters())
     num_data = len(x0)
     eval_loss = build_objective(TrainConfig(objective="elbo", k=1))
     main = strategy.is_main
     if out is not None and main:
+        if state is None and overwrite:
+            clear_run_dir(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+        write_run_file(out, config, identity)
     from tqdm.auto import tqdm
 
     bar = tqdm(range(start, config.epochs), disable=not (progress and main), desc="train",
@@ -195,12 +244,9 @@ def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.T
             else load_data(config, epoch, "train")
         g = torch.Generator().manual_seed(config.seed * 7919 + epoch)
         total, count = torch.zeros((), dtype=x.dtype, device=x.device), 0
-        for idx in strategy.index_batches(epoch, num_data, g):
-            loss = step_module(x, subsample=idx.to(x.device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total = total + loss.detach()
+        for step, idx in enumerate(strategy.index_batches(epoch, num_data, g)):
+            total = total + _step(step_module, optimizer, x, idx.to(x.device), params,
+                                  epoch, step, config.lr)
             count += 1
         total = strategy.reduce(total)
         with torch.no_grad():
@@ -208,8 +254,7 @@ def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.T
         row = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1) / num_data,
                "test_elbo": float(test_elbo), "seconds": time.perf_counter() - began}
         if not math.isfinite(row["train_loss"]):
-            raise ValueError(f"training diverged at epoch {epoch + 1}: loss is "
-                             f"{row['train_loss']} (lower the learning rate)")
+            raise _diverged(epoch, max(count - 1, 0), config.lr)
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.2f}", test_elbo=f"{row['test_elbo']:.2f}")
         if out is not None and main:
@@ -220,6 +265,6 @@ def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.T
                 "epoch": epoch + 1, "config": asdict(config),
                 "model": model.state_dict(), "guide": guide.state_dict(),
                 "optimizer": optimizer.state_dict(), "rng": capture_rng_state(),
-                "extra": {"history": history}})
+                "run": identity, "extra": {"history": history}})
     bar.close()
     return TrainResult(model, guide, history, out, is_main=main)

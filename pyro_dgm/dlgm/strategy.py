@@ -13,7 +13,9 @@ differs between a single process and data-parallel training:
   around ``objective(model, guide)``; guide parameters exist before it is called);
 - :meth:`~Strategy.reduce` — the epoch's summed loss as logged (the mean over processes);
 - :attr:`~Strategy.is_main` — only the main process writes metrics, plots and checkpoints
-  and shows progress; :meth:`~Strategy.close` — once at the end, also after an error.
+  and shows progress; :meth:`~Strategy.close` — once at the end, also after an error;
+  :meth:`~Strategy.explain` may replace an error by a clearer one (a timed-out collective
+  by one naming the stuck rank).
 
 :class:`LocalStrategy` (the default) is one process: a permutation of the rows cut into
 batches, the module as it is, the loss as it is. The data-parallel strategy is
@@ -77,6 +79,13 @@ class Strategy(ABC):
     @abstractmethod
     def reduce(self, value: torch.Tensor) -> torch.Tensor:
         """An epoch's summed loss as it is logged (e.g. the mean over processes)."""
+
+    def explain(self, error: Exception) -> Exception:
+        """A clearer exception for ``error`` raised while training (default: ``error``).
+
+        E.g. the data-parallel strategy names the stuck rank when a collective times out.
+        """
+        return error
 
     def close(self) -> None:
         """Called once when the loop ends, also after an error."""
