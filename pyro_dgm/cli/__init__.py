@@ -38,17 +38,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: list[str]) -> str:
+    """``pyro-dgm <command>`` for messages (``pyro-dgm`` before a command is known)."""
+    names = {module.rsplit(".", 1)[-1] for module in SUBCOMMANDS}
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return f"pyro-dgm {first}" if first in names else "pyro-dgm"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``pyro-dgm``; returns the exit code."""
+    """Entry point of ``pyro-dgm``; returns the exit code.
+
+    Every error is one line, ``pyro-dgm <command>: <argument>: <what is wrong>``, with exit
+    status 2 (130 after Ctrl-C).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(str(e), file=sys.stderr)
         return 2
     except ValueError as e:
-        print(f"pyro-dgm: error: {e}", file=sys.stderr)
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"{_command(argv)}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pyro-dgm: interrupted", file=sys.stderr)
+        print(f"{_command(argv)}: interrupted", file=sys.stderr)
         return 130

@@ -40,6 +40,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default="float64", choices=DTYPE_NAMES)
     p.add_argument("--list", action="store_true", help="list models and methods, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=None,
+                   help="PyTorch CPU threads (default: cores / MCMC chains, at least 1; "
+                   "chain processes inherit it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is a non-empty directory that is not a "
+                   "previous report")
     p.set_defaults(func=run)
 
 
@@ -70,11 +76,12 @@ def run(args: argparse.Namespace) -> int:
     settings = default_settings(
         quick=args.quick, num_samples=args.num_samples, num_warmup=args.num_warmup,
         num_chains=args.num_chains, num_steps=args.num_steps, seed=args.seed,
-        device=args.device, dtype=to_dtype(args.dtype), progress=not args.no_progress)
+        device=args.device, dtype=to_dtype(args.dtype), progress=not args.no_progress,
+        threads=args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         result = run_comparison(args.model, methods, reference=args.reference,
-                                out=args.out, settings=settings,
+                                out=args.out, settings=settings, overwrite=args.overwrite,
                                 log=lambda msg: print(msg, file=sys.stderr))
     print(markdown_table(result.summary), end="")
     for name, why in result.failures.items():

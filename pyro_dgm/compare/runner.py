@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,8 @@ from pyro_dgm.compare._arviz import set_attrs
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
 from pyro_dgm.compare.registry import METHODS, MODELS
 from pyro_dgm.compare.report import compare_posteriors, summarize
-from pyro_dgm.compare.settings import Settings, default_settings
+from pyro_dgm.compare.report_dir import ReportDir
+from pyro_dgm.compare.settings import Settings, default_settings, num_threads
 from pyro_dgm.defaults import COMPARE_METHODS, COMPARE_MODEL, COMPARE_REFERENCE
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "ComparisonResult",
     "default_settings",
     "markdown_table",
-    "prepare_output_dir",
     "run_comparison",
 ]
 
@@ -62,18 +61,6 @@ class ComparisonResult:
     failures: dict[str, str] = field(default_factory=dict)
 
 
-def prepare_output_dir(out: str | os.PathLike) -> Path:
-    """Create ``out`` and check that it is writable (before any sampling starts)."""
-    path = Path(out)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"out: cannot write to {str(path)!r} ({e.strerror or e})") from None
-    return path
-
-
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
     """Render a DataFrame as a GitHub Markdown table."""
 
@@ -86,12 +73,6 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
     return "\n".join([header, rule, *rows]) + "\n"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -108,14 +89,23 @@ def run_comparison(
     reference: str = COMPARE_REFERENCE,
     out: str | os.PathLike | None = None,
     settings: Settings | None = None,
+    overwrite: bool = False,
     log=print,
 ) -> ComparisonResult:
     """Run ``methods`` on the registered ``model`` and compare them with ``reference``.
 
+    Torch runs with ``settings.threads`` intra-op threads for the whole comparison (default
+    :func:`~pyro_dgm.compare.settings.num_threads`: the cores divided by the MCMC chain
+    processes, which inherit the setting), restored afterwards.
+
     :param model: a name in :data:`pyro_dgm.compare.registry.MODELS`.
     :param methods: names in :data:`pyro_dgm.compare.registry.METHODS` (default
         :data:`DEFAULT_METHODS`); must include ``reference``.
-    :param out: directory for the report; checked for writability before sampling.
+    :param out: directory for the report, written through a
+        :class:`~pyro_dgm.compare.report_dir.ReportDir`: staged beside ``out`` (checked for
+        writability before sampling) and moved into place only when complete.
+    :param overwrite: replace ``out`` even if it is a non-empty directory that is not a
+        previous report.
     :param log: where progress lines go (``None`` for silence).
     """
     methods = list(DEFAULT_METHODS if methods is None else methods)
@@ -126,12 +116,25 @@ def run_comparison(
         raise ValueError(f"methods: duplicate names in {methods}")
     if reference not in methods:
         raise ValueError(f"reference {reference!r} must be one of the methods {methods}")
-    path = prepare_output_dir(out) if out is not None else None
+    staging = ReportDir(out, overwrite=overwrite) if out is not None else None
     log = log or (lambda *a: None)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads(settings))
+    try:
+        result = _run(model, model_entry, entries, reference, settings, staging, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+        if staging is not None:
+            staging.discard()
+    return result
 
+
+def _run(model, model_entry, entries, reference, settings, staging, log) -> ComparisonResult:
     pyro.set_rng_seed(settings.seed)
     problem = model_entry.build(settings)
     log(f"model {model}: {problem.description}")
+    path = staging.path if staging is not None else None
+    run_id = staging.run_id if staging is not None else None
     idatas, files, failures = {}, [], {}
     for i, entry in enumerate(entries):
         pyro.clear_param_store()
@@ -151,7 +154,8 @@ def run_comparison(
             continue
         wall = time.perf_counter() - start
         set_attrs(idata, {"wall_time_s": wall, "method": entry.name, "model": model,
-                          "inference_kind": entry.kind})
+                          "inference_kind": entry.kind,
+                          **({"run_id": run_id} if run_id else {})})
         idatas[entry.name] = idata
         log(f"  {entry.name}: {wall:.1f} s")
         if path is not None:
@@ -160,17 +164,22 @@ def run_comparison(
     table = compare_posteriors(idatas, reference, var_names=problem.var_names)
     summary = summarize(table)
     result = ComparisonResult(table, summary, idatas, path, files, failures)
-    if path is not None:
-        _write_report(result, problem, reference, settings)
+    if staging is not None:
+        _write_report(result, problem, reference, settings, run_id)
+        staging.commit({"model": model, "methods": [e.name for e in entries],
+                        "reference": reference, "seed": settings.seed})
+        result.files = [staging.final(f) for f in result.files]
+        result.out = staging.out
     return result
 
 
-def _write_report(result: ComparisonResult, problem, reference: str, settings) -> None:
+def _write_report(result: ComparisonResult, problem, reference: str, settings,
+                  run_id: str) -> None:
     path = result.out
     table, summary = result.table, result.summary
     for name, frame in [("comparison", table), ("summary", summary)]:
         frame.to_csv(path / f"{name}.csv", index=False)
-        _atomic_write_text(path / f"{name}.md", markdown_table(frame))
+        (path / f"{name}.md").write_text(markdown_table(frame))
         result.files += [path / f"{name}.csv", path / f"{name}.md"]
     var_names = problem.var_names or None
     _save_figure(plot_posteriors(result.idatas, var_names=var_names), path / "forest.png")
@@ -185,12 +194,13 @@ def _write_report(result: ComparisonResult, problem, reference: str, settings) -
         f"# Posterior comparison: {problem.name}\n\n{problem.description}\n\n"
         f"Reference method: **{reference}**. Settings: {settings.num_chains} chain(s) x "
         f"{settings.num_samples} draws after {settings.num_warmup} warm-up; "
-        f"{settings.num_steps} SVI steps; seed {settings.seed}; device {settings.device}.\n\n"
+        f"{settings.num_steps} SVI steps; seed {settings.seed}; device {settings.device}; "
+        f"{num_threads(settings)} torch thread(s). Run id `{run_id}`.\n\n"
         "`sd_ratio` is each marginal's sd over the reference's (below 1: under-dispersed); "
         "`std_mean_error` and `w1_std` are in units of the reference sd.\n\n"
         f"## Summary\n\n{markdown_table(summary)}\n{failed}"
         "## Plots\n\n![forest](forest.png)\n\n![sd ratios](sd_ratios.png)\n\n"
         f"![marginals](marginals.png)\n\n## Files\n\n{links}\n"
     )
-    _atomic_write_text(path / "index.md", index)
+    (path / "index.md").write_text(index)
     result.files.append(path / "index.md")

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ import torch
 from pyro_dgm._validation import check_int
 from pyro_dgm.defaults import COMPARE_RUN
 
-__all__ = ["Problem", "Settings", "default_settings", "num_warmup"]
+__all__ = ["Problem", "Settings", "default_settings", "num_threads", "num_warmup"]
 
 
 @dataclass
@@ -55,11 +56,22 @@ class Settings:
     device: str = "cpu"
     dtype: torch.dtype = torch.float64
     progress: bool = True
+    #: torch intra-op threads for the comparison; ``None``: :func:`num_threads`' rule
+    threads: int | None = None
 
 
 def num_warmup(settings: Settings) -> int:
     """MCMC warm-up steps: ``settings.num_warmup``, else as many as the draws kept."""
     return settings.num_warmup if settings.num_warmup is not None else settings.num_samples
+
+
+def num_threads(settings: Settings) -> int:
+    """Torch threads of a comparison: ``settings.threads``, else the cores divided by the
+    number of MCMC chains (Pyro runs one process per chain, each inheriting the setting;
+    two processes with default threads on 2 cores run several times slower), at least 1."""
+    if settings.threads is not None:
+        return settings.threads
+    return max(1, (os.cpu_count() or 1) // max(1, settings.num_chains))
 
 
 def default_settings(quick: bool = False, **overrides) -> Settings:
@@ -76,10 +88,15 @@ def default_settings(quick: bool = False, **overrides) -> Settings:
     check_int("num_warmup", settings.num_warmup, minimum=0)
     check_int("num_chains", settings.num_chains, minimum=1)
     check_int("num_steps", settings.num_steps, minimum=1)
+    check_int("seed", settings.seed, minimum=0)
+    if settings.threads is not None:
+        check_int("threads", settings.threads, minimum=1)
     try:
         device = torch.device(settings.device)
     except RuntimeError:
-        raise ValueError(f"device: unknown device {settings.device!r}; use cpu or cuda") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: unknown device {settings.device!r}; use cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: CUDA is not available on this machine")
     return settings
