@@ -45,6 +45,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -141,17 +142,27 @@ def _diverged(epoch: int, step: int, lr: float) -> ValueError:
                       f"learning rate (lr={lr:g})")
 
 
+def _blew_up(error: ValueError, params: list, stepped: bool) -> bool:
+    """Whether ``error`` comes from parameters that optimization drove out of range."""
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        return True
+    # a distribution argument out of its support (e.g. a scale that underflowed to 0)
+    return stepped and str(error).startswith("Expected parameter")
+
+
 def _step(step_module, optimizer, x, idx, params, epoch: int, step: int,
           lr: float) -> torch.Tensor:
     """One optimizer step; a non-finite loss or parameters raise the project's message."""
-    try:
-        loss = step_module(x, subsample=idx)
-    except ValueError:  # Pyro's validation of a distribution built from NaN parameters
-        if all(bool(torch.isfinite(p).all()) for p in params):
+    with warnings.catch_warnings():  # Pyro's "Encountered NaN": the check below says it
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+        try:
+            loss = step_module(x, subsample=idx)
+        except ValueError as e:  # Pyro's validation of a distribution built from NaN
+            if _blew_up(e, params, stepped=epoch > 0 or step > 0):
+                raise _diverged(epoch, step, lr) from None
             raise
-        raise _diverged(epoch, step, lr) from None
-    optimizer.zero_grad()
-    loss.backward()
+        optimizer.zero_grad()
+        loss.backward()
     optimizer.step()  # after the (collective) backward: every process gets here
     loss = loss.detach()
     if not bool(torch.isfinite(loss)):
@@ -250,7 +261,16 @@ def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.T
             count += 1
         total = strategy.reduce(total)
         with torch.no_grad():
-            test_elbo = -eval_loss.differentiable_loss(model, guide, x_test) / len(x_test)
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Encountered NaN",
+                                            category=UserWarning)
+                    test_elbo = -eval_loss.differentiable_loss(model, guide, x_test) \
+                        / len(x_test)
+            except ValueError as e:
+                if _blew_up(e, params, stepped=True):
+                    raise _diverged(epoch, max(count - 1, 0), config.lr) from None
+                raise
         row = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1) / num_data,
                "test_elbo": float(test_elbo), "seconds": time.perf_counter() - began}
         if not math.isfinite(row["train_loss"]):

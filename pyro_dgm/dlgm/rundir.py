@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -100,6 +101,12 @@ def check_writable(directory: str | os.PathLike) -> Path:
         raise RunDirectoryError(f"cannot create {str(path)!r}: {str(probe)!r} is a file")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise RunDirectoryError(f"cannot write to {str(probe)!r}: permission denied")
+    try:  # what access() cannot tell: read-only file systems, /proc, root's limits
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise RunDirectoryError(f"cannot write to {str(probe)!r}: "
+                                f"{e.strerror or type(e).__name__}") from None
     return path
 
 
