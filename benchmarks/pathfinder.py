@@ -98,7 +98,7 @@ def run_advi(mean, cov, seed: int, targets: dict, *, max_steps: int, check_every
             continue
         with torch.no_grad():
             # covariance factor: scale[:, None] * scale_tril (unit lower triangular)
-            loc, chol = guide.loc, guide.scale[:, None] * guide.scale_tril
+            loc, chol = guide.loc.detach(), (guide.scale[:, None] * guide.scale_tril).detach()
             sd = (chol ** 2).sum(-1).sqrt()
         mean_err, sd_err = errors(loc, sd, mean, cov)
         history.append((step, mean_err, sd_err))
