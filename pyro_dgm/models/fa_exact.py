@@ -88,7 +88,7 @@ class ExactPosteriorGuide(PyroModule):
     ) -> torch.Tensor:
         if x is None:
             raise ValueError("ExactPosteriorGuide needs the data x")
-        self._model[0].check_data(x)
+        x = self._model[0].check_data(x)  # integer data: the model's float dtype
         with data_plate(x, subsample=subsample, num_data=num_data) as batch:
             mean = batch @ self.weight.T + self.bias
             return pyro.sample("z", dist.MultivariateNormal(mean, scale_tril=self.scale_tril))

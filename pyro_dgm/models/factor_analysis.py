@@ -159,6 +159,8 @@ class FactorAnalysis(PyroModule):
         Use it as ``x[:, FactorAnalysis.leader_order(x, q)]``.
         """
         latent_dim = check_int("latent_dim", latent_dim, minimum=1, maximum=x.shape[-1])
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
         centred = x - x.mean(0)
         _, _, vh = torch.linalg.svd(centred, full_matrices=False)
         leaders: list[int] = []
@@ -170,11 +172,25 @@ class FactorAnalysis(PyroModule):
         return torch.tensor(leaders + rest, device=x.device)
 
     def check_data(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-        """Validate data: a finite ``(rows, obs_dim)`` tensor. Cached per tensor version."""
+        """Validate data: a finite ``(rows, obs_dim)`` tensor with at least one row.
+
+        Integer (and boolean) data are cast to the model's float dtype; the returned tensor
+        is the one to use. The check is cached per tensor version.
+
+        :raises ValueError: naming ``name``: not a 2-D tensor, wrong width, zero rows,
+            complex or non-finite values.
+        """
+        if torch.is_tensor(x) and x.is_complex():
+            raise ValueError(f"{name} must be real, got dtype {x.dtype}")
         key = (id(x), getattr(x, "_version", None), tuple(getattr(x, "shape", ())))
         if key != self._validated:
             check_matrix(name, x, columns=self.obs_dim)
+            if x.shape[0] == 0:
+                raise ValueError(f"{name} has zero rows: factor analysis needs at least one "
+                                 "row of data")
             self._validated = key
+        if not x.is_floating_point():
+            x = x.to(self._anchor.dtype)
         return x
 
     def _globals(self, ref: torch.Tensor):
@@ -209,7 +225,7 @@ class FactorAnalysis(PyroModule):
     ) -> torch.Tensor:
         """Run the generative program; returns the (observed or sampled) batch of ``x``."""
         if x is not None:
-            self.check_data(x)
+            x = self.check_data(x)  # integer data become the model's float dtype
         ref = x if x is not None else self._anchor
         loc, W, psi = self._globals(ref)
         with data_plate(x, subsample=subsample, num_data=num_data) as batch:

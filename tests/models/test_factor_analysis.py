@@ -169,3 +169,23 @@ def test_fa_marginal_distribution_matches_multivariate_normal_batched(dtype):
     draws = FAMarginal(loc[0, 0], W[0, 0], psi[0, 0]).rsample((20000,))
     cov = W[0, 0] @ W[0, 0].T + torch.diag(psi[0, 0])
     assert torch.allclose(torch.cov(draws.T), cov, atol=0.1 * float(cov.abs().max()))
+
+
+def test_integer_data_is_cast_and_zero_rows_rejected():
+    """Issue 16, case 8: ``Long`` data trains like float data; no rows is a clear error."""
+    model = FactorAnalysis(3, 1, dtype=torch.float64)
+    x_int = torch.randint(0, 5, (20, 3))
+    assert model.check_data(x_int).dtype == torch.float64
+    losses = []
+    for x in (x_int, x_int.double()):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        losses.append(Trace_ELBO().loss(model, AutoNormal(model), x))
+    assert losses[0] == losses[1]
+    trace = pyro.poutine.trace(model).get_trace(x_int)
+    assert trace.nodes["x"]["value"].dtype == torch.float64
+    with pytest.raises(ValueError, match="x has zero rows"):
+        model(torch.zeros(0, 3))
+    with pytest.raises(ValueError, match="x has zero rows"):
+        Trace_ELBO().loss(model, AutoNormal(model), torch.zeros(0, 3, dtype=torch.long))
+    assert FactorAnalysis.leader_order(x_int, 1).shape == (3,)
