@@ -55,7 +55,7 @@ from pyro_dgm.inference.chain_model import (
     describe_nonfinite,
     site_log_prob,
 )
-from pyro_dgm.inference.chees_adaptation import ChEESAdapter, ChEESInfo
+from pyro_dgm.inference.chees_adaptation import ChEESAdapter, ChEESInfo, LaggedScalar
 from pyro_dgm.inference.mcmc import VectorizedKernel
 from pyro_dgm.inference.metropolis import MHState, check_finite_start, mh_step
 
@@ -63,32 +63,6 @@ __all__ = ["ChEESHMC", "MAX_DELTA_ENERGY"]
 
 #: an energy error above this makes a transition divergent (Stan's and Pyro's value)
 MAX_DELTA_ENERGY = 1000.0
-
-
-class _Lagged:
-    """A device scalar read on the host two pushes late: copies are non-blocking (pinned
-    memory, an event per copy on CUDA), so reading waits only for work long queued."""
-
-    def __init__(self, value: float, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.slots = [torch.full((), value, dtype=torch.float64, pin_memory=self.cuda)
-                      for _ in range(2)]
-        self.events: list = [None, None]
-        self.pushes = 0
-
-    def push(self, value: torch.Tensor) -> None:
-        i = self.pushes % 2
-        self.slots[i].copy_(value.detach(), non_blocking=True)
-        if self.cuda:
-            self.events[i] = torch.cuda.Event()
-            self.events[i].record()
-        self.pushes += 1
-
-    def read(self) -> float:
-        i = self.pushes % 2  # the older slot
-        if self.events[i] is not None:
-            self.events[i].synchronize()
-        return float(self.slots[i])
 
 
 class ChEESHMC(VectorizedKernel):
@@ -148,6 +122,7 @@ class ChEESHMC(VectorizedKernel):
         def batched(params):
             return potential({k: v[0] for k, v in params.items()}).reshape(1)
 
+        self._single = batched
         self._start({k: v.unsqueeze(0) for k, v in init.items()}, batched, warmup_steps)
 
     # -- vectorized chains ---------------------------------------------------------------------
@@ -160,6 +135,9 @@ class ChEESHMC(VectorizedKernel):
             latent sites.
         """
         self._vectorized = True
+        if initial_params is None:  # set on the kernel (``kernel.initial_params = ...``)
+            initial_params = self._user_init
+        self._single = None
         if self.potential_fn is not None:
             init, potential = self._user_start(initial_params)
         else:
@@ -177,6 +155,14 @@ class ChEESHMC(VectorizedKernel):
             self.transforms = {name: s.to_constrained.inv for name, s in cm.sites.items()}
             potential = _chain_potential(cm)
             init = self._chain_init(cm, potential, initial_params)
+            try:  # one chain at a time, for chains whose model raises (none if data per chain)
+                single = ChainModel(self.model, args, kwargs or {}, 1,
+                                    max_plate_nesting=self.max_plate_nesting)
+                for name, site in single.sites.items():
+                    site.to_constrained = cm.sites[name].to_constrained
+                self._single = _chain_potential(single)
+            except (NotVectorizable, RuntimeError, ValueError):
+                pass
         self._initial_params = init
         self._start(init, potential, warmup_steps)
 
@@ -219,7 +205,7 @@ class ChEESHMC(VectorizedKernel):
         z = self._flatten(params)
         self.adapter = ChEESAdapter(z.shape[-1], warmup_steps, **self._options)
         self._state = self.adapter.init(self._num_chains, dtype=z.dtype, device=z.device)
-        self._lagged = _Lagged(self.adapter.trajectory_length / self.adapter.step_size,
+        self._lagged = LaggedScalar(self.adapter.trajectory_length / self.adapter.step_size,
                                z.device)
         self._ratio = None  # T / h on the host after warm-up
         self._step_size = self.adapter.step_size_of(self._state)
@@ -233,8 +219,8 @@ class ChEESHMC(VectorizedKernel):
             self._end_warmup()
 
     def _flatten(self, params: dict) -> torch.Tensor:
-        C = params[self._names[0]].shape[0]
-        return torch.cat([params[k].reshape(C, -1) for k in self._names], dim=-1)
+        chains = params[self._names[0]].shape[0]
+        return torch.cat([params[k].reshape(chains, -1) for k in self._names], dim=-1)
 
     def _unflatten(self, z: torch.Tensor) -> dict:
         out, pos = {}, 0
@@ -244,12 +230,25 @@ class ChEESHMC(VectorizedKernel):
         return out
 
     def _potential_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:math:`U` ``(C,)`` and :math:`\\nabla U` ``(C, D)`` of every chain, one batched pass."""
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            energy = self._potential(self._unflatten(z))
-            (grad,) = torch.autograd.grad(energy.sum(), z)
-        return energy.detach(), grad
+        """:math:`U` ``(C,)`` and :math:`\\nabla U` ``(C, D)`` of every chain, one batched pass.
+
+        Where the model raises a linear-algebra error (a Cholesky factorization failing far
+        out in a trajectory), the chains are evaluated one by one and the failing ones get
+        :math:`U = \\mathrm{NaN}` (a rejected, divergent transition), as Pyro's HMC does."""
+        try:
+            return _value_and_grad(self._potential, self._unflatten, z)
+        except RuntimeError as e:
+            if not _linalg_failure(e) or self._single is None:
+                raise
+        out = []
+        for c in range(z.shape[0]):
+            try:
+                out.append(_value_and_grad(self._single, self._unflatten, z[c:c + 1]))
+            except RuntimeError as e:
+                if not _linalg_failure(e):
+                    raise
+                out.append((z.new_full((1,), float("nan")), torch.zeros_like(z[c:c + 1])))
+        return torch.cat([e for e, _ in out]), torch.cat([g for _, g in out])
 
     def _score(self, z: torch.Tensor) -> MHState:
         """The chain state: position, potential (as ``(C, 1)``) and gradient."""
@@ -320,8 +319,7 @@ class ChEESHMC(VectorizedKernel):
     @property
     def step_size(self) -> float:
         """The current step size :math:`h` (a host read)."""
-        return float(self._step_size) if hasattr(self, "_step_size") else \
-            self._options["step_size"]
+        return float(getattr(self, "_step_size", self._options["step_size"]))
 
     @property
     def trajectory_length(self) -> float:
@@ -351,6 +349,19 @@ class ChEESHMC(VectorizedKernel):
                  "acceptance rate": float(accept[c].mean()), "accept_prob": accept[c],
                  "step_size": step, "num_steps": steps, "energy": energy[c]}
                 for c in range(C)]
+
+
+def _linalg_failure(error: RuntimeError) -> bool:
+    text = str(error)
+    return "positive-definite" in text or "singular" in text
+
+
+def _value_and_grad(potential, unflatten, z: torch.Tensor):
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        energy = potential(unflatten(z))
+        (grad,) = torch.autograd.grad(energy.sum(), z)
+    return energy.detach(), grad
 
 
 def _chain_potential(cm: ChainModel):

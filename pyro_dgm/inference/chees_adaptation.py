@@ -59,7 +59,8 @@ import torch
 from pyro_dgm._validation import check_choice, check_int, check_positive, check_probability
 from pyro_dgm.inference.adaptation import adaptation_windows
 
-__all__ = ["MASS_MATRICES", "ChEESAdapter", "ChEESInfo", "ChEESState", "halton"]
+__all__ = ["MASS_MATRICES", "ChEESAdapter", "ChEESInfo", "ChEESState", "LaggedScalar",
+           "halton"]
 
 #: mass matrix structures: adapted dense or diagonal, or the identity
 MASS_MATRICES = ("dense", "diag", "identity")
@@ -273,3 +274,29 @@ class ChEESAdapter:
             diag = torch.diag_embed(cov.diagonal().clamp_min(jitter).sqrt())
             return torch.where(info > 0, diag, chol)
         return (shrink * m2 / n + jitter).sqrt()
+
+
+class LaggedScalar:
+    """A device scalar read on the host two pushes late: copies are non-blocking (pinned
+    memory, an event per copy on CUDA), so reading waits only for work long queued."""
+
+    def __init__(self, value: float, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.slots = [torch.full((), value, dtype=torch.float64, pin_memory=self.cuda)
+                      for _ in range(2)]
+        self.events: list = [None, None]
+        self.pushes = 0
+
+    def push(self, value: torch.Tensor) -> None:
+        i = self.pushes % 2
+        self.slots[i].copy_(value.detach(), non_blocking=True)
+        if self.cuda:
+            self.events[i] = torch.cuda.Event()
+            self.events[i].record()
+        self.pushes += 1
+
+    def read(self) -> float:
+        i = self.pushes % 2  # the older slot
+        if self.events[i] is not None:
+            self.events[i].synchronize()
+        return float(self.slots[i])

@@ -196,7 +196,7 @@ def hierarchical(y):
     """mu ~ N(0, 1), theta_j ~ N(mu, 1), y_jn ~ N(theta_j, 1); y of shape (..., J, n)."""
     mu = pyro.sample("mu", dist.Normal(y.new_zeros(()), 1.0))
     with pyro.plate("groups", GROUPS, dim=-2):
-        theta = pyro.sample("theta", dist.Normal(mu, 1.0).expand([GROUPS, 1]))
+        theta = pyro.sample("theta", dist.Normal(mu, 1.0))
         with pyro.plate("obs", PER_GROUP, dim=-1):
             pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
 

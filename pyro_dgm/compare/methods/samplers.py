@@ -6,22 +6,33 @@ Methods:
   batch (``chain_method="vectorized"``); models that do not broadcast over chains, or with
   discrete latent sites, fall back to Pyro's one-chain-per-process handling;
 - ``gibbs``: :class:`~pyro_dgm.inference.Gibbs` (exact conditionals of discrete sites, MH
-  within Gibbs for continuous ones), vectorized chains.
+  within Gibbs for continuous ones), vectorized chains;
+- ``hmc``: :class:`~pyro_dgm.inference.ChEESHMC`, :data:`HMC_CHAINS` chains in lockstep
+  from jittered MAP starts (:func:`~pyro_dgm.compare.methods.starts.map_start`; the prior
+  median where no MAP can be fitted), dense mass matrix.
 """
 
 from __future__ import annotations
 
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import init_to_median
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import biject_to
 
+from pyro_dgm.compare._arviz import set_attrs
 from pyro_dgm.compare.methods.fitting import run_vectorized
+from pyro_dgm.compare.methods.starts import map_start
 from pyro_dgm.compare.registry import register_method
 from pyro_dgm.compare.settings import Problem, Settings
+from pyro_dgm.inference.chees import ChEESHMC
 from pyro_dgm.inference.gibbs import Gibbs
 from pyro_dgm.inference.random_walk_mh import RandomWalkMH
 
-__all__ = ["MIN_MH_CHAINS"]
+__all__ = ["HMC_CHAINS", "MIN_MH_CHAINS"]
+
+#: chains of the ``hmc`` method: cross-chain adaptation wants many
+HMC_CHAINS = 64
 
 #: vectorized chains cost little more than one: random-walk MH runs at least this many
 MIN_MH_CHAINS = 32
@@ -50,3 +61,37 @@ def run_mh(problem: Problem, settings: Settings):
 def run_gibbs(problem: Problem, settings: Settings):
     kernel = Gibbs(problem.model, max_plate_nesting=problem.max_plate_nesting)
     return run_vectorized(kernel, problem, settings, settings.num_chains)
+
+
+def _jittered_starts(problem: Problem, settings: Settings, chains: int,
+                     scale: float = 0.1) -> tuple[dict | None, str]:
+    r"""Unconstrained initial values ``(chains, ...)``: the MAP point plus
+    :math:`\mathcal N(0, scale^2)` noise per chain (as ``init_to_jittered``), or ``None``
+    (the kernel's prior-median start) where no MAP can be fitted."""
+    try:
+        point = map_start(problem, settings)
+    except (NotImplementedError, ValueError) as e:  # e.g. discrete latents: no MAP
+        return None, f"prior median (no MAP start: {e})"
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(problem.model).get_trace(*problem.args, **problem.kwargs)
+    init = {}
+    for name, value in point.items():
+        free = biject_to(trace.nodes[name]["fn"].support).inv(value)
+        init[name] = free + scale * torch.randn((chains,) + free.shape, dtype=free.dtype,
+                                                device=free.device)
+    return init, f"MAP + jitter {scale}"
+
+
+@register_method("hmc", kind="mcmc", description=f"ChEES-HMC, {HMC_CHAINS} chains in lockstep "
+                 "from jittered MAP starts")
+def run_hmc(problem: Problem, settings: Settings):
+    chains = max(settings.num_chains, HMC_CHAINS) if problem.vectorizable else \
+        settings.num_chains
+    kernel = ChEESHMC(problem.model, init_strategy=init_to_median,
+                      max_plate_nesting=problem.max_plate_nesting)
+    init, start = _jittered_starts(problem, settings, chains)
+    if init is not None and problem.vectorizable:
+        kernel.initial_params = init
+    idata = run_vectorized(kernel, problem, settings, chains)
+    set_attrs(idata, {"chain_start": start})
+    return idata
