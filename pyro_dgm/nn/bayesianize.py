@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -42,12 +43,58 @@ from pyro_dgm.nn.bayes_layers import (
 )
 from pyro_dgm.nn.priors import make_prior
 
-__all__ = ["REPLACEABLE", "bayesianize"]
+__all__ = ["REPLACEABLE", "BayesianizeReport", "bayesianize"]
 
 #: deterministic layer type -> Bayesian counterpart (exact types: subclasses such as the
 #: output projection inside ``nn.MultiheadAttention`` are not touched)
 REPLACEABLE = {nn.Linear: BayesLinear, nn.Conv1d: BayesConv1d, nn.Conv2d: BayesConv2d,
                nn.Conv3d: BayesConv3d}
+
+
+@dataclass
+class BayesianizeReport:
+    """What :func:`bayesianize` did (``report=True`` returns it, ``verbose=True`` prints it).
+
+    :param converted: qualified names of the layers made Bayesian (``""``: the root).
+    :param skipped: name -> why, for every module holding its own parameters that was
+        left deterministic (a type with no Bayesian counterpart such as ``LSTM`` or
+        ``Embedding``, or a layer ``include``/``exclude`` left out).
+    :param prior_replaced: names of already Bayesian layers given the new prior
+        (``replace_prior=True``).
+    """
+
+    converted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    prior_replaced: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def names(items):
+            return ", ".join(n or "<root>" for n in items) or "none"
+
+        lines = [f"bayesianize: converted {len(self.converted)}: {names(self.converted)}"]
+        if self.prior_replaced:
+            lines.append(f"  new prior for {len(self.prior_replaced)}: "
+                         f"{names(self.prior_replaced)}")
+        skipped = ", ".join(f"{n or '<root>'} ({why})" for n, why in self.skipped.items())
+        lines.append(f"  skipped {len(self.skipped)}: {skipped or 'none'}")
+        return "\n".join(lines)
+
+
+def _skipped(net: nn.Module, chosen: set[str]) -> dict[str, str]:
+    """Modules with their own parameters that stay deterministic, and why."""
+    inside_bayes = [n for n, m in net.named_modules() if isinstance(m, BayesLayer)]
+    out = {}
+    for name, m in net.named_modules():
+        if name in chosen or isinstance(m, BayesLayer) or any(
+                name.startswith(f"{b}.") for b in inside_bayes if b) or (
+                inside_bayes and "" in inside_bayes):
+            continue
+        if next(m.parameters(recurse=False), None) is None:
+            continue
+        kind = type(m).__name__
+        out[name] = (f"{kind}: left out by include/exclude" if type(m) in REPLACEABLE
+                     else f"{kind}: no Bayesian counterpart")
+    return out
 
 
 def _selector(spec, what: str):
@@ -93,7 +140,10 @@ def bayesianize(
     moped_delta: float = 0.1,
     init_sigma: float = 1e-3,
     prior_kwargs: dict | None = None,
-) -> nn.Module:
+    replace_prior: bool = False,
+    report: bool = False,
+    verbose: bool = False,
+) -> nn.Module | tuple[nn.Module, BayesianizeReport]:
     """A copy of ``module`` with its Linear/Conv layers made Bayesian.
 
     :param module: any ``nn.Module`` (not modified).
@@ -107,9 +157,23 @@ def bayesianize(
     :param init_from_weights: MOPED: posterior means from the current weights, sds
         ``moped_delta * |w|``.
     :param init_sigma: initial posterior sd when not ``init_from_weights``.
-    :return: the new module; ``module`` itself is untouched.
-    :raises ValueError: unknown estimator/prior, or an ``include`` name/pattern that
-        matches no replaceable layer.
+    :param replace_prior: ``module`` already holds Bayes layers: give the selected ones a
+        copy of ``prior`` (without it such a module is an error, so a second call's prior
+        is never silently ignored).
+    :param report: also return a :class:`BayesianizeReport` (converted and skipped layers).
+    :param verbose: print that report.
+    :return: the new module (``module`` itself is untouched), with ``report=True`` the pair
+        ``(module, report)``.
+    :raises ValueError: unknown estimator/prior; an ``include`` name/pattern that matches
+        no replaceable layer; nothing to convert (the message lists what was skipped); a
+        module that is already Bayesian without ``replace_prior=True``.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+        >>> bnn, done = bayesianize(net, report=True)
+        >>> done.converted, done.skipped
+        (['1'], {'0': 'Embedding: no Bayesian counterpart'})
     """
     check_choice("estimator", estimator, ESTIMATORS)
     moped_delta = check_positive("moped_delta", moped_delta)
@@ -123,9 +187,28 @@ def bayesianize(
         if isinstance(item, str) and not any(inc(item, n, m) for n, m in candidates):
             valid = ", ".join(n or "<root>" for n, _ in candidates) or "none"
             raise ValueError(f"include: {item!r} matches no Linear/Conv layer; layers: {valid}")
-    chosen = [(n, m) for n, m in candidates
-              if (inc is None or any(inc(i, n, m) for i in inc_items))
-              and not (exc is not None and any(exc(i, n, m) for i in exc_items))]
+    def selected(n, m):
+        return ((inc is None or any(inc(i, n, m) for i in inc_items))
+                and not (exc is not None and any(exc(i, n, m) for i in exc_items)))
+
+    chosen = [(n, m) for n, m in candidates if selected(n, m)]
+    bayes = [(n, m) for n, m in net.named_modules() if isinstance(m, BayesLayer)]
+    if bayes and not replace_prior:
+        raise ValueError(
+            f"module: already Bayesian ({', '.join(n or '<root>' for n, _ in bayes)}); pass "
+            "replace_prior=True to give these layers the new prior")
+    done = BayesianizeReport(skipped=_skipped(net, {n for n, _ in chosen}))
+    for name, layer in bayes:
+        if selected(name, layer):
+            layer.prior = copy.deepcopy(prior).to(layer.weight_mu.device)
+            done.prior_replaced.append(name)
+    if not chosen and not done.prior_replaced:
+        skipped = ", ".join(f"{n or '<root>'} ({why})" for n, why in done.skipped.items())
+        raise ValueError(f"module: nothing to convert: no Linear/Conv1d/2d/3d layer selected "
+                         f"(skipped: {skipped or 'no layer with parameters'})")
+    done.converted = [n for n, _ in chosen]
+    if verbose:
+        print(done)
     for name, old in chosen:
         new = _bayes_layer(old, prior, estimator, init_sigma)
         if init_from_weights:
@@ -138,8 +221,9 @@ def bayesianize(
                     rho.copy_(inverse_softplus((moped_delta * w.abs()).clamp_min(1e-8)))
         new.train(old.training)
         if name == "":
-            return new
+            net = new
+            break
         parent_name, _, attr = name.rpartition(".")
         parent = net.get_submodule(parent_name) if parent_name else net
         setattr(parent, attr, new)
-    return net
+    return (net, done) if report else net

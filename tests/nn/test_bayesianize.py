@@ -182,3 +182,59 @@ def test_to_cuda_moves_priors_and_parameters(device):
         loss = out.sum() + kl_divergence(net)
         loss.backward()
         assert out.device.type == "cuda" and loss.device.type == "cuda"
+
+
+def test_report_lists_converted_and_skipped_layers(capsys):
+    """Issue 16, case 9: feedback on what was converted and what was skipped."""
+    from pyro_dgm.nn.bayesianize import BayesianizeReport
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 6)
+            self.lstm = nn.LSTM(6, 8, batch_first=True)
+            self.norm = nn.LayerNorm(8)
+            self.head = nn.Linear(8, 3)
+            self.aux = nn.Linear(8, 1)
+
+        def forward(self, tokens):
+            h, _ = self.lstm(self.emb(tokens))
+            return self.head(self.norm(h))
+
+    bnn, report = bayesianize(Tagger(), exclude=["aux"], report=True, verbose=True)
+    assert isinstance(report, BayesianizeReport) and isinstance(bnn.head, BayesLinear)
+    assert report.converted == ["head"]
+    assert report.skipped == {"emb": "Embedding: no Bayesian counterpart",
+                              "lstm": "LSTM: no Bayesian counterpart",
+                              "norm": "LayerNorm: no Bayesian counterpart",
+                              "aux": "Linear: left out by include/exclude"}
+    printed = capsys.readouterr().out
+    assert "converted 1: head" in printed and "lstm (LSTM: no Bayesian counterpart)" in printed
+    assert bnn(torch.randint(0, 20, (2, 5))).shape == (2, 5, 3)
+    assert isinstance(bayesianize(nn.Linear(2, 2)), BayesLinear)  # default: the module only
+
+
+def test_nothing_to_convert_is_an_error_naming_what_was_skipped():
+    with pytest.raises(ValueError, match=r"nothing to convert.*emb \(Embedding.*lstm \(LSTM"):
+        bayesianize(nn.ModuleDict({"emb": nn.Embedding(5, 3), "lstm": nn.LSTM(3, 3)}))
+    with pytest.raises(ValueError, match="nothing to convert"):
+        bayesianize(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="nothing to convert"):
+        bayesianize(nn.Sequential(nn.Linear(2, 2)), exclude=[nn.Linear])
+
+
+def test_second_call_needs_replace_prior():
+    """A second call's prior used to be ignored silently."""
+    from pyro_dgm.nn.priors import make_prior
+
+    bnn = bayesianize(_convnet(), prior="gaussian")
+    with pytest.raises(ValueError, match=r"already Bayesian \(0, 3\).*replace_prior=True"):
+        bayesianize(bnn, prior="scale_mixture")
+    again, report = bayesianize(bnn, prior="scale_mixture", replace_prior=True,
+                                report=True)
+    assert report.prior_replaced == ["0", "3"] and report.converted == []
+    expected = type(make_prior("scale_mixture"))
+    assert all(type(m.prior) is expected for m in bayes_layers(again))
+    assert all(type(m.prior) is not expected for m in bayes_layers(bnn))  # copy untouched
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.isfinite(kl_divergence(again)) and again(x).shape == (2, 10)
