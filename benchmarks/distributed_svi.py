@@ -77,7 +77,8 @@ def main(argv=None) -> dict:
     t2 = _mean_sd([r["seconds_per_epoch"] for r in results["distributed"]])[0]
     ratios = {"seconds_per_epoch_distributed2_vs_single": t2 / t1}
     settings = {"rows": rows, "epochs": epochs, "total_batch_size": 100, "seeds": seeds,
-                "processes": 2, "backend": "gloo", "objective": "elbo"}
+                "processes": 2, "backend": "gloo", "objective": "elbo",
+                "threads_per_process": 1}  # train's --threads default, OMP_NUM_THREADS=1
     return emit("distributed_svi", results, ratios, settings=settings, device=args.device,
                 out=args.out)
 

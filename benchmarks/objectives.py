@@ -292,6 +292,8 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--repeat", type=int, default=None, help="steps per method per round")
     p.add_argument("--validate", action="store_true", help="keep Pyro validation on")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: tiny tensors, shared cores)")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"comma-separated sections to run (default: {','.join(SECTIONS)})")
     args = p.parse_args(argv)
@@ -300,6 +302,7 @@ def main(argv=None) -> dict:
     if unknown:
         p.error(f"unknown section(s) {unknown}; valid: {', '.join(SECTIONS)}")
     rounds = args.rounds or (3 if args.quick else 15)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     pyro.enable_validation(args.validate)
     results, ratios = {}, {}
@@ -323,7 +326,7 @@ def main(argv=None) -> dict:
             orders=(3,) if args.quick else (3, 5))
     settings = {"sections": only, "configs": [{"batch": b, "K": k} for b, k in CONFIGS],
                 "rounds": rounds, "latent": LATENT, "hidden": [HIDDEN, HIDDEN],
-                "pyro_validation": args.validate, "dtype": "float32",
+                "pyro_validation": args.validate, "dtype": "float32", "threads": args.threads,
                 "optimizer": "torch.optim.Adam(lr=1e-3)"}
     return emit("objectives", results, ratios, settings=settings, device=args.device,
                 out=args.out)

@@ -39,7 +39,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     hidden = args.hidden or (12 if args.quick else 16)
     epochs = args.epochs or (30 if args.quick else 200)
     device = torch.device(args.device)
@@ -70,7 +72,8 @@ def main(argv=None) -> dict:
     settings = {"n_visible": 64, "n_hidden": hidden, "epochs": epochs,
                 "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
                 "optimizer": "SGD", "train_rows": len(train), "test_rows": len(test),
-                "binarize": "fixed (>= 8)", "seed": args.seed, "quick": args.quick}
+                "binarize": "fixed (>= 8)", "seed": args.seed, "quick": args.quick,
+                "threads": args.threads}
     return emit("rbm", results, ratios, settings=settings, device=args.device, out=args.out)
 
 

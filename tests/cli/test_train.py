@@ -148,3 +148,32 @@ def test_divergent_training_is_the_projects_message(tmp_path, capsys):
     err = _one_line(capsys)
     assert "loss is not finite at epoch " in err and "lower the learning rate" in err
     assert "tensor(" not in err and "Expected parameter" not in err
+
+
+def test_threads_are_set_deliberately_by_train_evaluate_and_every_benchmark():
+    """Issue 16, case 11: train/evaluate keep --threads (default 1); every benchmark that
+    runs torch itself sets one thread by default (its JSON records torch_threads)."""
+    import argparse
+    import pathlib
+
+    import pyro_dgm.cli.evaluate as e
+    import pyro_dgm.cli.train as t
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    t.add_parser(sub)
+    e.add_parser(sub)
+    for name, parser in sub.choices.items():
+        extra = ["--out", "x"] if name == "train" else ["x"]
+        assert parser.parse_args(extra).threads == 1, name
+    root = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
+    spawners = {"run_all.py", "distributed_svi.py", "dlgm_results.py"}  # child processes
+    for path in sorted(root.glob("*.py")):
+        text = path.read_text()
+        if "def main" not in text or path.name in spawners:
+            continue
+        assert "set_num_threads(1)" in text or (
+            'add_argument("--threads", type=int, default=1' in text
+            and "set_num_threads(args.threads)" in text), path.name
+    # the distributed benchmark runs `pyro-dgm train` (--threads 1) with OMP_NUM_THREADS=1
+    text = (root / "distributed_svi.py").read_text()
+    assert '"threads_per_process": 1' in text and 'env["OMP_NUM_THREADS"] = "1"' in text
