@@ -1,24 +1,33 @@
-"""Benchmark: MCMC on Bayesian logistic regression, minimum ESS per second.
+"""Benchmark: MCMC on two posteriors, minimum ESS per second against Pyro's best NUTS.
 
-Model: scikit-learn's breast_cancer data (569 rows), the first 10 features standardized plus
-an intercept, ``beta ~ N(0, 2.5^2 I_11)``, ``y_n ~ Bernoulli(logit^-1(x_n . beta))``. The
-leading features (radius, perimeter, area) are almost collinear, so the posterior is strongly
-correlated.
+Targets:
 
-Figure: minimum over the 11 coefficients of the bulk ESS (ArviZ, all chains together) per
-second of wall time of the whole run, warm-up included, for
+- ``logreg``: scikit-learn's breast_cancer data (569 rows), the first 10 features
+  standardized plus an intercept, ``beta ~ N(0, 2.5^2 I_11)``, ``y_n ~ Bernoulli(logit^-1(x_n
+  . beta))``; the leading features are almost collinear (a strongly correlated posterior);
+- ``fa``: the default posterior of ``pyro-dgm compare`` (factor analysis of the wine data,
+  ``MODELS.get("fa").build(default_settings())``, 51 parameters).
 
-- ``pyro_rw``: Pyro's ``RandomWalkKernel``, one chain, 4,000 draws after 2,000 warm-up;
-- ``pyro_nuts``: Pyro's ``NUTS``, one chain, 1,000 draws after 1,000 warm-up;
-- ``ours_mh``: :class:`pyro_dgm.inference.RandomWalkMH`, 64 chains in one process
-  (``chain_method="vectorized"``), 1,000 draws each after 1,000 warm-up.
+Figure: minimum over all coordinates of the bulk ESS (ArviZ, all chains together) per second
+of wall time of the whole run, warm-up included, for
 
-Also timed: one vectorized MH step for the 64 chains against one batched evaluation of the
-potential energy for the same chains (after warm-up), and the error of the posterior means
-against a long NUTS-free reference (the pooled mean of our run), in posterior sds.
+- ``pyro_nuts_<mass>_<jit>``: Pyro's ``NUTS``, one chain, diagonal or dense mass
+  (``full_mass``), with or without ``jit_compile``; the best of them is *the* baseline
+  (``pyro_nuts_best``);
+- ``pyro_rw``: Pyro's ``RandomWalkKernel`` (logistic regression only);
+- ``ours_mh``: :class:`pyro_dgm.inference.RandomWalkMH`, 64 chains in one process;
+- ``ours_hmc``: :class:`pyro_dgm.inference.ChEESHMC`, 64 chains in lockstep.
 
-Run: ``python -m benchmarks.mcmc [--quick] [--out FILE]``. Goals (issue 3): ``ours_mh`` at
-least 100x ``pyro_rw`` and 10x ``pyro_nuts``; step time at most 2x the potential evaluation.
+Also: gradient evaluations per effective sample of ``ours_hmc`` (leapfrog steps of all
+chains, warm-up included, over min ESS); one ChEES-HMC chain step against one batched
+potential-and-gradient evaluation times the leapfrog steps of that step, and one MH step
+against one batched potential evaluation (64 chains, after warm-up, timed in alternating
+rounds); the largest difference of posterior means, NUTS vs ours, in posterior sds.
+
+Run: ``python -m benchmarks.mcmc [--quick] [--out FILE]`` (``--quick``: the best NUTS
+configuration only, short runs, under a minute). Goals (issue 14): ``ours_hmc`` at least 10x
+the best Pyro NUTS on both targets; a chain step at most 1.3x the potential-and-gradient
+evaluations it makes.
 """
 
 from __future__ import annotations
@@ -35,9 +44,11 @@ from pyro.infer import NUTS
 from pyro.infer.mcmc import RandomWalkKernel
 
 from benchmarks._common import emit, parser, sync, time_per_call
+from pyro_dgm.compare import MODELS, default_settings
 from pyro_dgm.compare._arviz import arviz
+from pyro_dgm.compare.settings import Problem
 from pyro_dgm.data import load_tabular
-from pyro_dgm.inference import MCMC, RandomWalkMH
+from pyro_dgm.inference import MCMC, ChEESHMC, RandomWalkMH
 
 PRIOR_SCALE = 2.5
 
@@ -57,22 +68,29 @@ def load_data(device="cpu", dtype=torch.float64):
     return X, y
 
 
-def min_ess(beta: torch.Tensor) -> float:
-    """Minimum bulk ESS over coefficients of draws ``(chains, draws, D)``."""
-    ess = arviz.ess(arviz.convert_to_dataset({"beta": beta.cpu().numpy()}))["beta"].values
+def flat_draws(samples: dict) -> torch.Tensor:
+    """All sites' draws as ``(chains, draws, D)``."""
+    return torch.cat([v.reshape(v.shape[:2] + (-1,)) for _, v in sorted(samples.items())], -1)
+
+
+def min_ess(draws: torch.Tensor) -> float:
+    """Minimum bulk ESS over the coordinates of draws ``(chains, draws, D)``."""
+    ess = arviz.ess(arviz.convert_to_dataset({"x": draws.cpu().numpy()}))["x"].values
     return float(np.min(ess))
 
 
-def run(mcmc, *args, device="cpu"):
+def run(mcmc, problem, device="cpu"):
     sync(device)
     start = time.perf_counter()
-    mcmc.run(*args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mcmc.run(*problem.args, **problem.kwargs)
     sync(device)
     wall = time.perf_counter() - start
-    beta = mcmc.get_samples(group_by_chain=True)["beta"]
-    ess = min_ess(beta)
+    draws = flat_draws(mcmc.get_samples(group_by_chain=True))
+    ess = min_ess(draws)
     return {"wall_s": wall, "min_ess": ess, "ess_per_s": ess / wall,
-            "draws": int(beta.shape[0] * beta.shape[1])}, beta
+            "draws": int(draws.shape[0] * draws.shape[1])}, draws
 
 
 def interleaved_times(fn_a, fn_b, *, repeat: int, rounds: int, device="cpu"):
@@ -88,6 +106,101 @@ def interleaved_times(fn_a, fn_b, *, repeat: int, rounds: int, device="cpu"):
     return float(np.median(times_a)), float(np.median(times_b)), float(np.median(ratios))
 
 
+def logreg_problem(device="cpu") -> Problem:
+    X, y = load_data(device)
+    return Problem("logreg", logistic_regression, (X, y), jit_compile=True)
+
+
+def fa_problem(device="cpu") -> Problem:
+    return MODELS.get("fa").build(default_settings(device=device, progress=False))
+
+
+NUTS_CONFIGS = [(full, jit) for full in (False, True) for jit in (False, True)]
+
+
+def nuts_name(full: bool, jit: bool) -> str:
+    return f"pyro_nuts_{'dense' if full else 'diag'}_{'jit' if jit else 'nojit'}"
+
+
+def bench_target(problem: Problem, sizes: dict, configs, chains: int, quick: bool,
+                 device: str, with_rw: bool) -> tuple[dict, dict]:
+    results = {}
+    for full, jit in configs:
+        n, w = sizes["pyro_nuts"]
+        kernel = NUTS(problem.model, full_mass=full, jit_compile=jit, ignore_jit_warnings=True,
+                      max_plate_nesting=problem.max_plate_nesting)
+        results[nuts_name(full, jit)], nuts_draws = run(
+            PyroMCMC(kernel, n, warmup_steps=w, disable_progbar=True), problem)
+        results[nuts_name(full, jit)].update(full_mass=full, jit_compile=jit)
+    if with_rw:
+        n, w = sizes["pyro_rw"]
+        results["pyro_rw"], _ = run(PyroMCMC(RandomWalkKernel(problem.model), n,
+                                             warmup_steps=w, disable_progbar=True), problem)
+    best = max((k for k in results if k.startswith("pyro_nuts_")),
+               key=lambda k: results[k]["ess_per_s"])
+    results["pyro_nuts_best"] = best
+
+    n, w = sizes["ours_mh"]
+    mh = RandomWalkMH(problem.model, max_plate_nesting=problem.max_plate_nesting)
+    mcmc = MCMC(mh, n, warmup_steps=w, num_chains=chains, chain_method="vectorized",
+                disable_progbar=True)
+    results["ours_mh"], _ = run(mcmc, problem, device)
+    results["ours_mh"]["chains"] = chains
+
+    n, w = sizes["ours_hmc"]
+    hmc = ChEESHMC(problem.model, max_plate_nesting=problem.max_plate_nesting)
+    steps = []
+    mcmc = MCMC(hmc, n, warmup_steps=w, num_chains=chains, chain_method="vectorized",
+                disable_progbar=True,
+                hook_fn=lambda k, p, stage, i: steps.append(k.adapter.num_steps(
+                    k._t - 1, k._ratio if k._ratio is not None else k._lagged.read())))
+    results["ours_hmc"], hmc_draws = run(mcmc, problem, device)
+    grads = chains * (sum(steps) + 1)
+    results["ours_hmc"].update(chains=chains, step_size=hmc.step_size,
+                               trajectory_length=hmc.trajectory_length,
+                               grad_evals=grads,
+                               grad_evals_per_ess=grads / results["ours_hmc"]["min_ess"])
+
+    # one chain step vs the batched potential(-and-gradient) evaluations it makes
+    holder = {"hmc": hmc.sample(hmc._last), "mh": mh.sample(mh._last)}
+    z = hmc._chain.position[0]
+
+    def hmc_step():
+        holder["hmc"] = hmc.sample(holder["hmc"])
+
+    def mh_step():
+        holder["mh"] = mh.sample(holder["mh"])
+
+    before = len(hmc._records)
+    rounds = 3 if quick else 15
+    with pyro.validation_enabled(False):
+        t_step, t_grad, _ = interleaved_times(hmc_step, lambda: hmc._potential_and_grad(z),
+                                              repeat=5, rounds=rounds, device=device)
+        t_mh, t_pot, mh_ratio = interleaved_times(
+            mh_step, lambda: mh.potential_energy(holder["mh"]), repeat=20, rounds=rounds,
+            device=device)
+    mean_steps = float(np.mean([r[3] for r in hmc._records[before:]]))
+    results["hmc_step_s"], results["grad_s"] = t_step, t_grad
+    results["hmc_mean_leapfrog_steps"] = mean_steps
+    results["mh_step_s"], results["potential_s"] = t_mh, t_pot
+
+    sd = hmc_draws.reshape(-1, hmc_draws.shape[-1]).std(0)
+    diff = (nuts_draws.reshape(-1, sd.shape[0]).mean(0)
+            - hmc_draws.reshape(-1, sd.shape[0]).mean(0)).abs() / sd
+    results["max_mean_diff_nuts_vs_hmc_sd"] = float(diff.max())
+    base = results[best]["ess_per_s"]
+    ratios = {
+        "ours_hmc_vs_best_pyro_nuts_ess_per_s": results["ours_hmc"]["ess_per_s"] / base,
+        "ours_mh_vs_best_pyro_nuts_ess_per_s": results["ours_mh"]["ess_per_s"] / base,
+        "hmc_step_vs_grad_times_leapfrog": t_step / (mean_steps * t_grad),
+        "mh_step_vs_potential_time": mh_ratio,
+    }
+    if with_rw:
+        ratios["ours_mh_vs_pyro_rw_ess_per_s"] = (results["ours_mh"]["ess_per_s"]
+                                                 / results["pyro_rw"]["ess_per_s"])
+    return results, ratios
+
+
 def main(argv=None):
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--chains", type=int, default=64)
@@ -97,63 +210,29 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
     quick = args.quick
-    X, y = load_data(args.device)
     sizes = {
-        "pyro_rw": (1000, 500) if quick else (4000, 2000),
-        "pyro_nuts": (100, 100) if quick else (1000, 1000),
-        "ours_mh": (500, 500) if quick else (1000, 1000),
+        "logreg": {"pyro_rw": (500, 250) if quick else (4000, 2000),
+                   "pyro_nuts": (100, 100) if quick else (1000, 1000),
+                   "ours_mh": (300, 300) if quick else (1000, 1000),
+                   "ours_hmc": (150, 150) if quick else (500, 500)},
+        "fa": {"pyro_nuts": (30, 30) if quick else (500, 500),
+               "ours_mh": (100, 100) if quick else (1000, 1000),
+               "ours_hmc": (60, 60) if quick else (500, 500)},
     }
-    results = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        n, w = sizes["pyro_rw"]
-        results["pyro_rw"], _ = run(PyroMCMC(RandomWalkKernel(logistic_regression), n,
-                                             warmup_steps=w, disable_progbar=True), X, y)
-        n, w = sizes["pyro_nuts"]
-        results["pyro_nuts"], nuts_beta = run(PyroMCMC(NUTS(logistic_regression), n,
-                                                       warmup_steps=w, disable_progbar=True), X, y)
-    n, w = sizes["ours_mh"]
-    kernel = RandomWalkMH(logistic_regression)
-    mcmc = MCMC(kernel, n, warmup_steps=w, num_chains=args.chains, chain_method="vectorized",
-                disable_progbar=True)
-    results["ours_mh"], ours_beta = run(mcmc, X, y, device=args.device)
-    results["ours_mh"]["chains"] = args.chains
-    results["ours_mh"]["acceptance_rate"] = float(np.mean(
-        [d["acceptance rate"] for d in mcmc._diagnostics]))
-
-    # one step vs one batched potential evaluation, same 64 chains, after warm-up
-    params = kernel.sample(kernel.initial_params)
-    holder = {"params": params}
-
-    def step():
-        holder["params"] = kernel.sample(holder["params"])
-
-    with pyro.validation_enabled(False):
-        t_step, t_pot, ratio = interleaved_times(
-            step, lambda: kernel.potential_energy(holder["params"]), repeat=20,
-            rounds=9 if quick else 31, device=args.device)
-    results["step_s"] = t_step
-    results["potential_s"] = t_pot
-
-    # agreement of the posterior means (NUTS vs ours), in posterior sds
-    sd = ours_beta.reshape(-1, ours_beta.shape[-1]).std(0)
-    diff = (nuts_beta.reshape(-1, sd.shape[0]).mean(0) - ours_beta.reshape(-1, sd.shape[0])
-            .mean(0)).abs() / sd
-    results["max_mean_diff_nuts_vs_ours_sd"] = float(diff.max())
-
-    ratios = {
-        "ours_mh_vs_pyro_rw_ess_per_s": results["ours_mh"]["ess_per_s"]
-        / results["pyro_rw"]["ess_per_s"],
-        "ours_mh_vs_pyro_nuts_ess_per_s": results["ours_mh"]["ess_per_s"]
-        / results["pyro_nuts"]["ess_per_s"],
-        "step_vs_potential_time": ratio,
-    }
+    configs = {"logreg": [(True, True)] if quick else NUTS_CONFIGS,
+               "fa": [(True, True)] if quick else [(False, False), (True, True)]}
+    results, ratios = {}, {}
+    for name, build in (("logreg", logreg_problem), ("fa", fa_problem)):
+        problem = build(args.device)
+        results[name], r = bench_target(problem, sizes[name], configs[name], args.chains,
+                                        quick, args.device, with_rw=name == "logreg")
+        ratios.update({f"{name}_{k}": v for k, v in r.items()})
     settings = {"quick": quick, "seed": args.seed, "threads": args.threads,
-                "draws_warmup": {k: list(v) for k, v in sizes.items()},
-                "chains": {"pyro_rw": 1, "pyro_nuts": 1, "ours_mh": args.chains},
-                "goals": {"ours_mh_vs_pyro_rw_ess_per_s": ">= 100",
-                          "ours_mh_vs_pyro_nuts_ess_per_s": ">= 10",
-                          "step_vs_potential_time": "<= 2"}}
+                "chains": args.chains,
+                "draws_warmup": {t: {k: list(v) for k, v in d.items()} for t, d in sizes.items()},
+                "nuts_configs": {t: [nuts_name(*c) for c in cs] for t, cs in configs.items()},
+                "goals": {"<target>_ours_hmc_vs_best_pyro_nuts_ess_per_s": ">= 10",
+                          "<target>_hmc_step_vs_grad_times_leapfrog": "<= 1.3"}}
     return emit("mcmc", results, ratios, settings=settings, device=args.device, out=args.out)
 
 
