@@ -26,14 +26,24 @@ tuned during warm-up in two ways:
   variance. The step size then restarts at the Gaussian optimum :math:`2.38/\sqrt D`
   (Gelman, Roberts & Gilks 1996).
 - **screening** (``screen=True``, what :class:`~pyro_dgm.inference.RandomWalkMH` uses for
-  chains): the adapter also gets each unit's log density and keeps each unit's Welford sums
-  apart within a window. At the window end only the units whose mean log density over the
-  window is in the main group (:func:`~pyro_dgm.inference.chain_health.main_group`: not more
-  than 5 scaled MADs plus 2 nats below the median) are pooled, and until the next window end
-  the step size follows the acceptance of those units only. A few chains in a minor mode
-  (or still far out) then spoil neither the covariance nor the step size of the rest. The
-  per-unit sums take :math:`U D^2` numbers for a dense proposal; above :math:`2^{24}` the
-  adapter pools all units as without screening.
+  chains that share one target): the adapter also gets each unit's log density and keeps
+  each unit's Welford sums apart within a window. At the window end only the units whose
+  mean log density over the window is in the main group
+  (:func:`~pyro_dgm.inference.chain_health.main_group`, two-sided: within 5 scaled MADs
+  plus 2 nats of the median) are pooled, and until the next window end the step size follows
+  the acceptance of those units only. A few chains in a minor mode (or still far out, or
+  alone in a narrow spike) then spoil neither the covariance nor the step size of the rest.
+  The per-unit sums take :math:`U D^2` numbers for a dense proposal; above :math:`2^{24}`
+  the adapter pools all units as without screening.
+- **spread** (``spread=True``, with screening): in every window but the last, the pooled
+  units' draws are taken about their common mean, i.e. the spread between the units'
+  window means is added to the within-unit sums (:math:`n = \sum_u w_u\,\mathrm{count} - 1`).
+  Chains that have not yet crossed the posterior in a wide direction still lie apart in it
+  (a random walk tuned to the narrowest scale crosses a coordinate :math:`10^4` times wider
+  only by diffusion, and the within-chain estimate grows by a factor of about two per
+  window), so the proposal reaches the posterior's scale within a few windows. The last
+  window uses the within-unit sums alone, as before, so the kernel after warm-up is
+  estimated the same way.
 
 Everything is tensor arithmetic on the device and depends on the step index only through
 Python integers, so adaptation never synchronizes with a GPU.
@@ -246,7 +256,7 @@ class ProposalAdapter:
                 if ld is None:
                     pooled, n = m2, u.shape[0] * (count - 1)
                 else:
-                    pool = main_group(ld / count).to(m2.dtype)
+                    pool = main_group(ld / count, two_sided=True).to(m2.dtype)
                     pooled, n = self._pool(m2, mean, count, pool, spread=t < self._last_end)
                 factor = self._factor(pooled, n, factor)
                 log_step = torch.full_like(log_step, math.log(self.optimal_step))

@@ -78,19 +78,22 @@ class ChainHealth(NamedTuple):
     minor_mode: torch.Tensor
 
 
-def main_group(values: torch.Tensor, mads: float = MODE_MADS,
-               margin: float = MODE_MARGIN) -> torch.Tensor:
+def main_group(values: torch.Tensor, mads: float = MODE_MADS, margin: float = MODE_MARGIN,
+               *, two_sided: bool = False) -> torch.Tensor:
     r"""Which units are in the main group of ``values`` (e.g. chains' mean log densities).
 
     :param values: ``(U,)`` per-unit statistic, larger is better.
     :param mads: :math:`k`, scaled median absolute deviations allowed below the median.
     :param margin: :math:`m`, an absolute allowance added to :math:`k s`.
+    :param two_sided: also leave out units as far *above* the median (what the warm-up
+        adaptation pools: a chain alone in a narrow spike says nothing about the bulk).
     :return: ``bool`` tensor ``(U,)``: :math:`v_u \ge \operatorname{med}(v) - (k s + m)`.
         Never synchronizes with the device; the median unit is always in the group.
     """
     med = values.median()
-    spread = (values - med).abs().median() * _MAD_TO_SD
-    return values >= med - (mads * spread + margin)
+    allowance = (values - med).abs().median() * _MAD_TO_SD * mads + margin
+    keep = values >= med - allowance
+    return keep & (values <= med + allowance) if two_sided else keep
 
 
 def chain_health(accept_count: torch.Tensor, log_density_sum: torch.Tensor, draws: int, *,

@@ -15,8 +15,11 @@ r"""``pyro.infer.MCMC`` with vectorized chains.
   way; others (NUTS, HMC), and models that do not broadcast over a chain dimension, fall back
   to Pyro's behaviour with a warning.
 
-Chains of a vectorized run share the warm-up adaptation (pooled within-chain covariance, one
-step size); after warm-up every chain is an independent Markov chain with the same kernel.
+Chains of a vectorized run share the warm-up adaptation (one covariance from the chains in
+the main group of log density, one step size); after warm-up every chain is an independent
+Markov chain with the same kernel. When the run ends the kernel's ``check_health()`` may warn
+about bad chains (:class:`~pyro_dgm.inference.chain_health.ChainHealthWarning` from
+:class:`~pyro_dgm.inference.RandomWalkMH`: stuck chains, chains in a minor mode).
 Data with a leading dimension of size ``num_chains`` gives every chain its own data set.
 
 Example::

@@ -17,7 +17,11 @@ the kernel is fixed, so the chain is an exact Metropolis–Hastings chain for th
 
 :class:`RandomWalkMH` runs one chain under :class:`pyro.infer.MCMC` unchanged (discrete
 latent sites are then enumerated away as for NUTS), and all chains at once as a batch under
-:class:`pyro_dgm.inference.MCMC` with ``chain_method="vectorized"``.
+:class:`pyro_dgm.inference.MCMC` with ``chain_method="vectorized"``. Vectorized chains adapt
+from the chains in the main group of log density only, and a run that ends with stuck chains
+or chains in a minor mode warns (:class:`~pyro_dgm.inference.chain_health.ChainHealthWarning`)
+naming them; each chain's flags are in the diagnostics and in ArviZ's ``sample_stats``
+(:mod:`pyro_dgm.inference.chain_health`).
 
 Example::
 
