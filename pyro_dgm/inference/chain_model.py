@@ -10,8 +10,15 @@ calibration runs its replications as the chains of one run).
 
 A model vectorizes when it broadcasts over leading batch dimensions (write ``(x * beta)
 .sum(-1)`` rather than ``x @ beta``, index with :class:`~pyro.ops.indexing.Vindex`); the
-same rule as for parallel enumeration. :class:`ChainModel` checks the shapes once and raises
-:class:`NotVectorizable` otherwise.
+same rule as for parallel enumeration. :class:`ChainModel` checks once, when built, that the
+model keeps the chains apart, and raises :class:`NotVectorizable` otherwise: by shape (every
+value and log density carries the chain dimension where it should) and, for two or more
+chains, by value (:meth:`ChainModel.check_values`): a model can keep every shape and still
+mix chains (``beta.flatten()`` reshaped back in another order, ``.sum()``/``.mean()`` over
+the batch dimension, ``beta[0]``). At distinct points, each site's log density for a few
+chains of the batched run must equal, to a dtype-set tolerance, that chain's log density
+evaluated alone: a plain single-chain trace (what sequential chains evaluate), or, when the
+data carry a chain dimension, the batched run with every chain at that chain's point.
 
 The model's structure is read at a point of its support, never by requiring a prior draw,
 so improper priors (:class:`~pyro.distributions.ImproperUniform`) work: see
@@ -22,6 +29,8 @@ have to draw from such a prior.
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyro
@@ -34,10 +43,13 @@ from torch.distributions import biject_to
 
 from pyro_dgm.inference.model_info import data_like, model_info, point_strategy, support_point
 
-__all__ = ["CHAIN_PLATE", "ChainModel", "NotVectorizable", "SiteInfo", "describe_nonfinite",
-           "plate_dims", "site_log_prob"]
+__all__ = ["CHAIN_PLATE", "CHECKED_CHAINS", "ChainModel", "NotVectorizable", "SiteInfo",
+           "describe_nonfinite", "plate_dims", "site_log_prob", "value_tolerance"]
 
 CHAIN_PLATE = "_chains"
+#: how many chains :meth:`ChainModel.check_values` evaluates one by one (first, second,
+#: middle and last: a ``beta[0]`` is right for chain 0 only)
+CHECKED_CHAINS = 4
 
 
 class NotVectorizable(ValueError):
@@ -129,6 +141,8 @@ class ChainModel:
                         if node["type"] == "sample" and not site_is_subsample(node)]
         self.check_shapes(trace)
         self.prior_values = {name: trace.nodes[name]["value"] for name in self.sites}
+        if num_chains > 1:
+            self.check_values()
 
     # -- running the model --------------------------------------------------------------
     def plate(self):
@@ -172,6 +186,97 @@ class ChainModel:
         if not torch.is_tensor(total):
             total = torch.zeros(self.num_chains)
         return total
+
+    # -- the by-value check (once, at set-up) -----------------------------------------------
+    def check_values(self, num_checked: int = CHECKED_CHAINS) -> None:
+        """Check that the batched run keeps the chains apart by value, not only by shape.
+
+        Every chain is moved to its own point (its prior draw plus ``N(0, 0.5^2)`` noise in
+        the unconstrained space, from a generator of its own; a chain whose log density is
+        not finite there keeps its prior draw). For chains 0, 1, ``C // 2`` and ``C - 1``,
+        each site's log density in the batched run must equal the one of that chain
+        evaluated alone (see the module doc), to :func:`value_tolerance`. Every evaluation
+        starts from the same random state, which is restored afterwards: subsampling plates
+        draw the same indices and the caller's random stream is untouched. This synchronizes
+        with the device, once.
+
+        :raises NotVectorizable: naming the chain, the site and the two log densities.
+        """
+        C = self.num_chains
+        checked = sorted({0, 1, C // 2, C - 1})[:num_checked]
+        with _fixed_rng() as reset:
+            values = self._distinct_points(reset)
+            reset()
+            batched = _factor_sums(self.trace(values), self.factors, C)
+            reference, how = self._alone(values, checked, reset)
+        for c in checked:
+            for name in self.factors:
+                a, b = batched[name][0][c], reference[c][name]
+                tol = value_tolerance(a.dtype, float(batched[name][1][c]))
+                if not _same(float(a), float(b), tol):
+                    raise NotVectorizable(
+                        f"the chains of one batched run see each other's values: site "
+                        f"{name!r} has log density {float(a):.8g} for chain {c} in the batched "
+                        f"run but {float(b):.8g} {how}; the model mixes the chains (a sum, mean, "
+                        "flatten or index over the leading chain dimension?) although every "
+                        "shape is right")
+
+    def _distinct_points(self, reset) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        moved = {}
+        for name, site in self.sites.items():
+            v = self.prior_values[name]
+            if site.discrete or site.to_constrained is None:
+                moved[name] = v
+                continue
+            u = site.to_constrained.inv(v)
+            noise = torch.randn(u.shape, generator=gen, dtype=u.dtype).to(u.device)
+            moved[name] = site.to_constrained(u + 0.5 * noise)
+        try:
+            reset()
+            ok = torch.isfinite(self.log_joint(moved))
+        except (RuntimeError, ValueError, IndexError, TypeError):
+            return self.prior_values
+        return {k: torch.where(ok.reshape((-1,) + (1,) * (v.dim() - 1)), v,
+                               self.prior_values[k]) for k, v in moved.items()}
+
+    def _alone(self, values, checked, reset) -> tuple[dict, str]:
+        """Each checked chain's log density per site evaluated alone, and how (for errors)."""
+        try:
+            return {c: self._plain(values, c, reset) for c in checked}, "when evaluated alone"
+        except (_PerChainData, RuntimeError, ValueError, IndexError, TypeError):
+            pass
+        out = {}
+        for c in checked:  # data per chain: every chain at chain c's point
+            same = {k: v[c:c + 1].expand_as(v) for k, v in values.items()}
+            try:
+                reset()
+                trace = self.trace(same)
+            except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                raise NotVectorizable(
+                    f"the model fails when every chain is at chain {c}'s point although it "
+                    f"runs at distinct points: {str(e).splitlines()[0]}") from e
+            out[c] = {k: s[c] for k, (s, _) in _factor_sums(trace, self.factors,
+                                                             self.num_chains).items()}
+        return out, "with every chain at this chain's point"
+
+    def _plain(self, values, c: int, reset) -> dict[str, torch.Tensor]:
+        """Chain ``c``'s log density per site, from a plain trace (no chain plate)."""
+        data = {name: values[name][c].reshape(site.shape).to(site.dtype)
+                for name, site in self.sites.items()}
+        reset()
+        with torch.no_grad(), poutine.block():
+            trace = poutine.trace(poutine.condition(self.model, data=data)).get_trace(
+                *self.args, **self.kwargs)
+        out = {}
+        for name in self.factors:
+            if name not in trace.nodes:
+                raise _PerChainData
+            lp = site_log_prob(trace.nodes[name])
+            if torch.is_tensor(lp) and lp.dim() > self.max_plate_nesting:
+                raise _PerChainData
+            out[name] = torch.as_tensor(lp).sum()
+        return out
 
     # -- constrained <-> unconstrained ------------------------------------------------------
     def constrain(self, name: str, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,6 +339,53 @@ class ChainModel:
             if not bool(ok.all()):
                 bad[name] = [int(c) for c in torch.nonzero(~ok).reshape(-1)[:5]]
         return bad
+
+
+class _PerChainData(Exception):
+    """A plain trace of the model carries a chain dimension (data per chain)."""
+
+
+def value_tolerance(dtype: torch.dtype, scale: float) -> float:
+    """How far two evaluations of one log density may differ by rounding alone:
+    ``sqrt(eps) * (1 + scale)``, ``eps`` the dtype's machine epsilon and ``scale`` the sum of
+    the absolute elementwise log densities (summation order and batched kernels change the
+    last bits of each element; any mixing of chains moves the density by far more)."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo().eps
+    return math.sqrt(eps) * (1.0 + scale)
+
+
+def _same(a: float, b: float, tol: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= tol
+
+
+def _factor_sums(trace, factors, num_chains) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per site: each chain's summed log density and summed absolute log density."""
+    out = {}
+    for name in factors:
+        flat = site_log_prob(trace.nodes[name]).reshape(num_chains, -1)  # checked shapes
+        out[name] = (flat.sum(-1), flat.abs().sum(-1))
+    return out
+
+
+@contextmanager
+def _fixed_rng():
+    """Yield ``reset``, which restores the random state found on entry (done on exit too)."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def reset():
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+    try:
+        yield reset
+    finally:
+        reset()
 
 
 def describe_nonfinite(chain_model: ChainModel, values, extra: str = "") -> str:
