@@ -33,6 +33,7 @@ local latents), see ``docs/flows.md``.
 
 from pyro_dgm.inference._particles import BiasedSubsampleWarning, NonFiniteLossError
 from pyro_dgm.inference.adaptation import ProposalAdapter, ProposalState, adaptation_windows
+from pyro_dgm.inference.chain_health import ChainHealthWarning
 from pyro_dgm.inference.chain_model import ChainModel, NotVectorizable
 from pyro_dgm.inference.chees import ChEESHMC
 from pyro_dgm.inference.chees_adaptation import ChEESAdapter, ChEESInfo, ChEESState
@@ -60,6 +61,7 @@ __all__ = [
     "ChEESHMC",
     "ChEESInfo",
     "ChEESState",
+    "ChainHealthWarning",
     "ChainModel",
     "FlowDistribution",
     "FlowGuide",
