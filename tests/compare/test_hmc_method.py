@@ -17,6 +17,6 @@ def test_hmc_method_runs_and_exports():
     assert idata.posterior.sizes["draw"] == 70  # more draws than chains: ArviZ warns otherwise
     for name in ("accept_prob", "step_size", "num_steps", "energy", "diverging"):
         assert name in idata.sample_stats
-    assert idata.attrs["chain_start"].startswith("MAP")
+    assert idata.posterior.attrs["chain_start"].startswith("MAP")
     rhat = nested_rhat(idata, 8)
     assert all(bool((rhat[v] > 0.9).all()) for v in rhat.data_vars)
