@@ -17,6 +17,20 @@ within ``memory_mb``; with ``lp=False, log_likelihood=False`` and no determinist
 (or ``deterministic=False``) the model is not run over the draws at all. The model's
 structure is read at the first draw, so improper priors are no obstacle.
 
+:func:`from_guide` warns (:class:`UntrainedGuideWarning`) when a guide looks never trained, so
+that its initial distribution is not taken for a posterior. Whether a parameter was ever
+optimized is not recorded anywhere, so the rule is practical: a guide counts as untrained
+when it has parameters (the ``pyro.param`` / ``PyroParam`` sites of one run of it; an
+AutoGuide creates them on its first call) and none of them, as its unconstrained leaf tensor,
+has a gradient (``.grad`` is set by ``backward()``; Pyro's ``SVI.step`` leaves zeros there)
+or was ever changed in place (torch's version counter ``tensor._version``, which optimizer
+steps, ``load_state_dict``, ``copy_`` and ``ParamStoreDict.load`` advance). Limits: a guide
+whose parameters were changed only through ``.data`` (``ClippedAdam`` does so) and whose
+gradients were then set to ``None`` (``optimizer.zero_grad()`` in a torch loop) is reported
+as untrained although it moved; a guide trained in part (one parameter stepped) is not
+reported; guides without parameters (a Laplace approximation's buffers, a fitted
+Pathfinder) are never reported.
+
 Example::
 
     >>> mcmc = MCMC(NUTS(model), num_samples=500, num_chains=2); mcmc.run(x)
@@ -28,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -40,7 +55,27 @@ from pyro_dgm.compare._arviz import arviz, is_arviz_1, set_attrs
 from pyro_dgm.compare._scoring import DEFAULT_SCORE_MEMORY_MB, score_draws
 from pyro_dgm.inference.model_info import ModelInfo, model_info
 
-__all__ = ["from_guide", "from_mcmc", "to_inference_data"]
+__all__ = ["UntrainedGuideWarning", "from_guide", "from_mcmc", "to_inference_data",
+           "untrained_parameters"]
+
+
+class UntrainedGuideWarning(UserWarning):
+    """:func:`from_guide` was given a guide whose parameters look never optimized."""
+
+
+def untrained_parameters(guide_trace) -> list[str]:
+    """Names of the parameter sites of ``guide_trace`` (one run of a guide) when none of
+    them was ever stepped (no ``.grad``, version counter 0 on the unconstrained leaf), else
+    ``[]``; ``[]`` also for a guide without parameters. See the module doc for the rule."""
+    names, touched = [], False
+    for name, node in guide_trace.nodes.items():
+        if node["type"] != "param":
+            continue
+        value = node["value"]
+        leaf = value.unconstrained() if hasattr(value, "unconstrained") else value
+        names.append(name)
+        touched = touched or leaf.grad is not None or leaf._version > 0
+    return [] if touched else names
 
 
 def _numpy(value) -> np.ndarray:
@@ -241,6 +276,8 @@ def from_guide(
     :param num_samples: draws per guide.
     :param log_likelihood: ``lp``, ``deterministic``, ``chunk_size``, ``memory_mb``: as for
         :func:`from_mcmc`.
+    :warns UntrainedGuideWarning: naming the parameters of a guide that looks never trained
+        (see :func:`untrained_parameters`).
     """
     num_samples = check_int("num_samples", num_samples, minimum=1)
     guides = list(guide) if isinstance(guide, (list, tuple)) else [guide]
@@ -249,12 +286,21 @@ def from_guide(
     info = model_info(model, args, kwargs)
     if not info.latent:
         raise ValueError("model has no latent sample sites to export")
-    for g in guides:  # a guide must cover every latent site of the model
+    for i, g in enumerate(guides):  # a guide must cover every latent site of the model
         with torch.no_grad(), poutine.block():
-            names = set(poutine.trace(g).get_trace(*args, **kwargs).nodes)
-        missing = sorted(set(info.latent) - names)
+            trace = poutine.trace(g).get_trace(*args, **kwargs)
+        missing = sorted(set(info.latent) - set(trace.nodes))
         if missing:
             raise ValueError(f"guide has no sample site for model latent(s) {missing}")
+        untrained = untrained_parameters(trace)
+        if untrained:
+            which = f"guide {i}" if len(guides) > 1 else "the guide"
+            shown = ", ".join(map(repr, untrained[:4])) + (", ..." if len(untrained) > 4 else "")
+            warnings.warn(
+                f"from_guide: {which} looks never trained: its parameters ({shown}) have no "
+                "gradient and were never changed in place, so they are still at their initial "
+                "values and the export is the initial distribution, not a posterior; train it "
+                "(e.g. SVI(...).step) first", UntrainedGuideWarning, stacklevel=2)
     per_chain = [_guide_draws(g, info, num_samples, args, kwargs) for g in guides]
     posterior = {k: torch.stack([d[k] for d in per_chain]) for k in info.latent}
     attrs = {"inference_kind": "vi", "guide": type(guides[0]).__name__, **(attrs or {})}

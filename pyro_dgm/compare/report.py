@@ -96,6 +96,20 @@ def _with_derived(method: str, post, derived: Mapping[str, Callable]):
     return post
 
 
+def _check_shapes(posts: Mapping[str, object], var_names: Sequence[str]) -> None:
+    """Every compared variable must have one shape (past chain and draw) in every method:
+    elements are matched by index, so a different shape has no meaningful match."""
+    bad = []
+    for name in var_names:
+        shapes = {method: tuple(post[name].shape[2:]) for method, post in posts.items()}
+        if len(set(shapes.values())) > 1:
+            bad.append(f"{name!r} (" + ", ".join(f"{m!r}: {s}" for m, s in shapes.items()) + ")")
+    if bad:
+        raise ValueError("idatas: variables whose shape differs between methods cannot be "
+                         "compared element by element: " + "; ".join(bad) + "; pass var_names "
+                         "without them, or export the methods from the same model")
+
+
 def compare_posteriors(
     idatas: Mapping[str, object],
     reference: str,
@@ -118,7 +132,9 @@ def compare_posteriors(
         ``(chain, draw, ...)`` array (e.g. ``lambda p: p.mu + p.tau * p.eta``), computed for
         the posteriors that lack that variable (a reference exported without the model's
         ``pyro.deterministic`` sites, say); a posterior that has it keeps its own.
-    :raises ValueError: for an unknown reference or variable, a posterior without
+    :raises ValueError: for an unknown reference or variable, posteriors that share no
+        variable, a variable whose shape (past chain and draw) differs between methods
+        (naming the variables and each method's shape), a posterior without
         ``inference_kind``, or a derived quantity of the wrong shape or not finite.
     :return: one row per method x parameter element with columns ``method``, ``kind``,
         ``parameter``, ``mean``, ``sd``, ``ref_mean``, ``ref_sd``, ``std_mean_error``,
@@ -136,11 +152,18 @@ def compare_posteriors(
     if var_names is None:
         common = [set(post.data_vars) for post in posts.values()]
         var_names = sorted(set.intersection(*common))
+        if not var_names:
+            raise ValueError("idatas: the posteriors share no variable, so there is nothing to "
+                             "compare: " + "; ".join(f"{m!r} has {sorted(p.data_vars)}"
+                                                      for m, p in posts.items()))
     var_names = list(var_names)
+    if not var_names:
+        raise ValueError("var_names: empty, so there is nothing to compare")
     for method, post in posts.items():
         missing = [v for v in var_names if v not in post]
         if missing:
             raise ValueError(f"var_names: {missing} not in the posterior of method {method!r}")
+    _check_shapes(posts, var_names)
     ref = _draws(posts[reference], var_names)
     rows = []
     for method, idata in idatas.items():
