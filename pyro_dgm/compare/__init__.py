@@ -8,6 +8,8 @@ This package sits on top of :mod:`pyro_dgm.models` and :mod:`pyro_dgm.inference`
 - :func:`compare_posteriors`, :func:`summarize`: tables against a reference posterior;
 - :func:`nested_rhat`: convergence of many short chains started in groups;
 - :func:`plot_posteriors`, :func:`plot_sd_ratios`: figures;
+- :func:`psis_diagnostic`, :func:`psis_resample`, :func:`psis_verdict`: can a VI posterior
+  be trusted without a reference (PSIS k-hat) and its PSIS-corrected draws;
 - :func:`run_comparison`: the whole job behind ``pyro-dgm compare``, over the models and
   methods of :mod:`~pyro_dgm.compare.registry` (built-ins in
   :mod:`~pyro_dgm.compare.problems` and :mod:`~pyro_dgm.compare.methods`, registered when
@@ -18,6 +20,7 @@ from pyro_dgm.compare import methods, problems  # noqa: F401  (fill the registry
 from pyro_dgm.compare.export import from_guide, from_mcmc, to_inference_data
 from pyro_dgm.compare.nested_rhat import nested_rhat
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
+from pyro_dgm.compare.psis import psis_diagnostic, psis_resample, psis_verdict
 from pyro_dgm.compare.registry import (
     METHODS,
     MODELS,
@@ -48,6 +51,9 @@ __all__ = [
     "nested_rhat",
     "plot_posteriors",
     "plot_sd_ratios",
+    "psis_diagnostic",
+    "psis_resample",
+    "psis_verdict",
     "register_method",
     "register_model",
     "run_comparison",
