@@ -16,6 +16,11 @@ r"""Evaluating deep latent Gaussian models the way the papers do.
   Sec. 6.3): iterate :math:`z \sim q(z\mid \tilde x)`, :math:`\tilde x_{mis} \leftarrow
   \mathbb E[x_{mis}\mid z]`, then a self-normalized importance-sampling estimate of
   :math:`\mathbb E[x_{mis}\mid x_{obs}]` with weights :math:`p(x_{obs}, z)/q(z\mid\tilde x)`;
+- :func:`pointwise_khat`: can the recognition model be trusted, image by image? The PSIS
+  :math:`\hat k` (Yao et al. 2018; Vehtari et al. 2024) of the importance ratios
+  :math:`\log p(x_n, z_s) - \log q(z_s\mid x_n)`, :math:`z_s \sim q(z\mid x_n)`, per test image;
+  :math:`\hat k \ge 0.7`: the guide misses that image's posterior, and importance sampling
+  with it (:math:`\mathcal L_{5000}`, imputation) is unreliable there;
 - :func:`save_image_grid`, :func:`evaluate_run` (what ``pyro-dgm evaluate DIR`` writes).
 
 Example::
@@ -40,11 +45,12 @@ import torch
 from pyro_dgm._validation import check_int
 from pyro_dgm.dlgm.checkpoint import load_trained
 from pyro_dgm.dlgm.config import check_device, load_data
-from pyro_dgm.inference import LogLikelihood, log_marginal_likelihood
+from pyro_dgm.inference import LogLikelihood, log_marginal_likelihood, psis_smooth
 from pyro_dgm.models.dlgm import DLGM
 
-__all__ = ["active_units", "bits_per_dim", "evaluate_run", "impute",
-           "quadrature_log_likelihood", "save_image_grid", "test_elbo", "test_log_likelihood"]
+__all__ = ["active_units", "bits_per_dim", "evaluate_run", "impute", "khat_histogram",
+           "pointwise_khat", "quadrature_log_likelihood", "save_image_grid", "test_elbo",
+           "test_log_likelihood"]
 
 _PARTICLES = "num_particles_vectorized"
 
@@ -171,6 +177,72 @@ def impute(model: DLGM, guide: torch.nn.Module, x: torch.Tensor, observed: torch
             "baseline_mae": float((start - x)[missing].abs().mean())}
 
 
+def pointwise_khat(model: DLGM, guide: torch.nn.Module, x: torch.Tensor, *,
+                   num_samples: int = 1000, chunk_size: int = 250) -> torch.Tensor:
+    r"""PSIS :math:`\hat k` of each row's importance ratios under the recognition model.
+
+    For every row :math:`x_n`, :math:`K` = ``num_samples`` draws :math:`z_s \sim q(z\mid x_n)`
+    (all stochastic layers) give :math:`\log r_{s,n} = \log p(x_n, z_s) - \log q(z_s\mid x_n)`,
+    whose Pareto-smoothed tail shape (:func:`~pyro_dgm.inference.psis_smooth`) is
+    :math:`\hat k_n`: below 0.5 the guide covers that image's posterior, above 0.7 importance
+    sampling with it is not reliable (Yao, Vehtari, Simpson & Gelman 2018; Vehtari et al.
+    2024, JMLR 25(72); for :math:`K` draws the threshold is
+    :math:`\min(1 - 1/\log_{10} K, 0.7)`). Ratios equal to within rounding (the guide is the
+    posterior) have no tail: :math:`\hat k_n = -\infty`.
+
+    Draws are taken ``chunk_size`` at a time; the ``(K, N)`` ratios are kept.
+
+    :return: :math:`\hat k`, shape ``(N,)``, on ``x``'s device in ``x``'s dtype.
+    :raises ValueError: ``num_samples`` < 25 (the tail fit needs 5 draws of 20 %) or
+        ``chunk_size`` < 1.
+
+    Example::
+
+        >>> khat = pointwise_khat(model, guide, x_test, num_samples=1000)
+        >>> float((khat >= 0.7).double().mean())  # share of images the guide misses
+    """
+    num_samples = check_int("num_samples", num_samples, minimum=25)
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    log_p, log_q = [], []
+    for start in range(0, num_samples, chunk_size):
+        gtr, mtr = _traces(model, guide, x, min(chunk_size, num_samples - start))
+        log_p.append(sum(mtr.nodes[n]["log_prob"] for n in [*model.site_names, "x"]))
+        log_q.append(sum(gtr.nodes[n]["log_prob"] for n in model.site_names))
+        del gtr, mtr
+    log_p, log_q = torch.cat(log_p), torch.cat(log_q)  # (K, N)
+    ratios = log_p - log_q
+    # spread within rounding of the terms: no tail (a fit to rounding noise means nothing)
+    tol = 1024 * torch.finfo(ratios.dtype).eps * (1 + log_p.abs().amax(0) + log_q.abs().amax(0))
+    flat = (ratios.amax(0) - ratios.amin(0)) <= tol
+    khat = torch.full((ratios.shape[1],), -math.inf, dtype=ratios.dtype, device=ratios.device)
+    for n in torch.nonzero(~flat).flatten().tolist():
+        khat[n] = psis_smooth(ratios[:, n])[1]
+    return khat.to(x.dtype)
+
+
+def khat_histogram(khat: torch.Tensor, path: str | os.PathLike, *,
+                   title: str | None = None) -> None:
+    r"""Save a histogram of per-image :math:`\hat k` with the 0.5 and 0.7 thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = khat.detach().cpu().double().clamp(-0.5, 1.5).numpy()  # +-inf at the ends
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(values, bins=40, range=(-0.5, 1.5), color="0.4")
+    for threshold, style in ((0.5, ":"), (0.7, "--")):
+        ax.axvline(threshold, color="C3", linestyle=style, label=f"k-hat = {threshold}")
+    ax.set_xlabel("PSIS k-hat per test image (clipped to [-0.5, 1.5])")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, ncols: int = 8,
                     shape: tuple[int, int] = (8, 8), title: str | None = None) -> None:
     """Save rows of ``images`` (flattened, values in [0, 1]) as a PNG grid."""
@@ -193,13 +265,24 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, ncols: int
     plt.close(fig)
 
 
+def _khat_summary(khat: torch.Tensor, num_samples: int, path: Path) -> dict:
+    khat_histogram(khat, path, title=f"{len(khat)} test images, {num_samples} draws each")
+    share = {f"share_ge_{t}": float((khat >= t).double().mean()) for t in (0.7, 0.5)}
+    return {"num_samples": num_samples, **share, "median": float(khat.median()),
+            "max": float(khat.max()), "histogram": path.name}
+
+
 def evaluate_run(directory: str | os.PathLike, *, num_samples: int = 5000,
                  chunk_size: int = 250, device: str | None = None, seed: int = 0,
-                 checkpoint: str | None = None) -> dict:
-    """Evaluate the newest checkpoint of a ``pyro-dgm train`` run; writes
-    ``evaluation.json``, ``samples.png`` and ``imputation.png`` into ``directory``.
+                 checkpoint: str | None = None, khat_samples: int = 1000) -> dict:
+    r"""Evaluate the newest checkpoint of a ``pyro-dgm train`` run; writes
+    ``evaluation.json``, ``samples.png``, ``imputation.png`` and ``khat.png`` into
+    ``directory``.
 
     :param checkpoint: a checkpoint file of ``directory`` to evaluate instead of the newest.
+    :param khat_samples: guide draws per test image for :func:`pointwise_khat` (0: skip);
+        the result's ``pointwise_khat`` gives the share of images with
+        :math:`\hat k \ge 0.7` (and :math:`\ge 0.5`), the median and the maximum.
     :raises ValueError: bad arguments or device; a checkpoint that is damaged, does not load
         or does not match ``config.json`` (:func:`~pyro_dgm.dlgm.load_checkpoint`).
     """
@@ -207,6 +290,8 @@ def evaluate_run(directory: str | os.PathLike, *, num_samples: int = 5000,
     num_samples = check_int("num_samples", num_samples, minimum=1)
     check_int("chunk_size", chunk_size, minimum=1)
     check_int("seed", seed, minimum=0)
+    if check_int("khat_samples", khat_samples, minimum=0) and khat_samples < 25:
+        raise ValueError(f"khat_samples: must be 0 (skip) or >= 25, got {khat_samples}")
     check_device("device", device)
     model, guide, config, state = load_trained(directory, map_location=device,
                                                checkpoint=checkpoint)
@@ -226,6 +311,10 @@ def evaluate_run(directory: str | os.PathLike, *, num_samples: int = 5000,
             "active_units": active_units(model, guide, x_test),
             "bits_per_dim": bits_per_dim(model, guide, x_test),
         }
+        if khat_samples:
+            result["pointwise_khat"] = _khat_summary(
+                pointwise_khat(model, guide, x_test, num_samples=khat_samples,
+                               chunk_size=chunk_size), khat_samples, directory / "khat.png")
         with torch.no_grad():
             tr = poutine.trace(model).get_trace(num_data=64)
             z1 = tr.nodes["z1"]["value"]
