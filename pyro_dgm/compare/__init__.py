@@ -17,7 +17,12 @@ This package sits on top of :mod:`pyro_dgm.models` and :mod:`pyro_dgm.inference`
 """
 
 from pyro_dgm.compare import methods, problems  # noqa: F401  (fill the registry)
-from pyro_dgm.compare.export import from_guide, from_mcmc, to_inference_data
+from pyro_dgm.compare.export import (
+    UntrainedGuideWarning,
+    from_guide,
+    from_mcmc,
+    to_inference_data,
+)
 from pyro_dgm.compare.nested_rhat import nested_rhat
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
 from pyro_dgm.compare.psis import psis_diagnostic, psis_resample, psis_verdict
@@ -44,6 +49,7 @@ __all__ = [
     "ComparisonResult",
     "Problem",
     "Settings",
+    "UntrainedGuideWarning",
     "compare_posteriors",
     "default_settings",
     "from_guide",

@@ -6,7 +6,10 @@ same groups and variable shapes, so MCMC and VI posteriors of one model line up 
 - ``posterior``: every latent sample site and every ``pyro.deterministic`` site, shape
   ``(chain, draw, *site_shape)`` with Pyro's plate-padding singleton dimensions removed and
   plate dimensions named after the plate;
-- ``sample_stats``: ``lp`` (log joint density) per draw, and for MCMC what the kernel reports
+- ``sample_stats``: ``lp`` (log joint density log p(θ, x)) per draw; for VI also ``log_q``,
+  the guide's log density of the same (constrained) draw with the Jacobians of Pyro's
+  constraint transforms as the guide scores them (so ``lp - log_q`` are the importance
+  ratios of :func:`~pyro_dgm.compare.psis_diagnostic`); for MCMC what the kernel reports
   (``diverging``, ``acceptance_rate``, ``step_size``, ...);
 - ``log_likelihood``: pointwise log-likelihood of every observed site per draw;
 - ``observed_data``: the observed values.
@@ -49,6 +52,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from pyro_dgm._validation import check_int
 from pyro_dgm.compare._arviz import arviz, is_arviz_1, set_attrs
@@ -236,22 +240,41 @@ def from_mcmc(
                              memory_mb=memory_mb, attrs=attrs)
 
 
-def _guide_draws(guide, info: ModelInfo, num: int, args, kwargs) -> dict[str, torch.Tensor]:
-    """``num`` joint draws of the model's latent sites from ``guide``, ``(num, *shape)``."""
+def _per_draw(log_prob: torch.Tensor, num: int, draw_dim: int) -> torch.Tensor:
+    """Sum a site's log density over everything but the draws plate (at ``draw_dim``)."""
+    if log_prob.dim() < -draw_dim:
+        log_prob = log_prob.reshape((1,) * (-draw_dim - log_prob.dim()) + log_prob.shape)
+    log_prob = log_prob.movedim(draw_dim, 0)
+    return log_prob.expand((num,) + log_prob.shape[1:]).reshape(num, -1).sum(-1)
+
+
+def _guide_draws(guide, info: ModelInfo, num: int, args, kwargs):
+    """``num`` joint draws of the model's latent sites from ``guide``, ``(num, *shape)``,
+    and the guide's log density of each draw, ``log q`` ``(num,)``: the sum over the guide
+    trace's sample sites (auxiliary sites included, e.g. an autoguide's unconstrained
+    Gaussian, and the ``Delta`` sites carrying the constraint transforms' log-Jacobians) —
+    the density of the constrained draw, as the guide itself scores it."""
+    draw_dim = -(info.max_plate_nesting + 1)
     try:
         with torch.no_grad(), poutine.block():
-            with pyro.plate("_draws", num, dim=-(info.max_plate_nesting + 1)):
+            with pyro.plate("_draws", num, dim=draw_dim):
                 trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            trace.compute_log_prob(site_filter=lambda name, site: not site_is_subsample(site))
+        log_q = sum(_per_draw(site["log_prob"], num, draw_dim)
+                    for site in trace.nodes.values()
+                    if site["type"] == "sample" and "log_prob" in site)
         return {k: trace.nodes[k]["value"].reshape((num,) + shape)
-                for k, shape in info.latent.items()}
+                for k, shape in info.latent.items()}, log_q
     except (RuntimeError, ValueError, IndexError):
-        draws = {k: [] for k in info.latent}
+        draws, log_q = {k: [] for k in info.latent}, []
         for _ in range(num):
             with torch.no_grad(), poutine.block():
                 trace = poutine.trace(guide).get_trace(*args, **kwargs)
+                log_q.append(trace.log_prob_sum(
+                    site_filter=lambda name, site: not site_is_subsample(site)))
             for k, shape in info.latent.items():
                 draws[k].append(trace.nodes[k]["value"].reshape(shape))
-        return {k: torch.stack(v) for k, v in draws.items()}
+        return {k: torch.stack(v) for k, v in draws.items()}, torch.stack(log_q)
 
 
 def from_guide(
@@ -302,8 +325,10 @@ def from_guide(
                 "values and the export is the initial distribution, not a posterior; train it "
                 "(e.g. SVI(...).step) first", UntrainedGuideWarning, stacklevel=2)
     per_chain = [_guide_draws(g, info, num_samples, args, kwargs) for g in guides]
-    posterior = {k: torch.stack([d[k] for d in per_chain]) for k in info.latent}
+    posterior = {k: torch.stack([d[k] for d, _ in per_chain]) for k in info.latent}
+    log_q = torch.stack([q for _, q in per_chain])
     attrs = {"inference_kind": "vi", "guide": type(guides[0]).__name__, **(attrs or {})}
     return to_inference_data(posterior, info, model=model, args=args, kwargs=kwargs,
+                             sample_stats={"log_q": log_q},
                              log_likelihood=log_likelihood, lp=lp, deterministic=deterministic,
                              chunk_size=chunk_size, memory_mb=memory_mb, attrs=attrs)
