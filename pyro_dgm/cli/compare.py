@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
                    help=f"registered model (default: {COMPARE_MODEL})")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated registered methods (default: "
-                   f"{','.join(COMPARE_METHODS)})")
+                   f"{','.join(COMPARE_METHODS)}); a VI method with '+psis' appended "
+                   "(e.g. meanfield+psis) is its draws resampled with PSIS weights")
     p.add_argument("--reference", default=COMPARE_REFERENCE,
                    help=f"reference method (default: {COMPARE_REFERENCE})")
     p.add_argument("--out", default="pyro-dgm-report", help="output directory")

@@ -25,7 +25,7 @@ from pyro_dgm.compare.export import (
 )
 from pyro_dgm.compare.nested_rhat import nested_rhat
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
-from pyro_dgm.compare.psis import psis_diagnostic, psis_resample, psis_verdict
+from pyro_dgm.compare.psis import psis_diagnostic, psis_resample, psis_summary, psis_verdict
 from pyro_dgm.compare.registry import (
     METHODS,
     MODELS,
@@ -59,6 +59,7 @@ __all__ = [
     "plot_sd_ratios",
     "psis_diagnostic",
     "psis_resample",
+    "psis_summary",
     "psis_verdict",
     "register_method",
     "register_model",

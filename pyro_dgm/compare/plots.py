@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -50,12 +51,17 @@ def plot_posteriors(
     data = [idatas[n] for n in names]
     if var_names is None:
         var_names = sorted(set.intersection(*[set(d.posterior.data_vars) for d in data]))
-    if kind == "forest":
-        axes = arviz.plot_forest(data, model_names=names, var_names=list(var_names),
-                                 combined=True, hdi_prob=hdi_prob, show=False)
-    else:
-        axes = arviz.plot_density(data, data_labels=names, var_names=list(var_names),
-                                  hdi_prob=hdi_prob, shade=0.1, show=False)
+    with warnings.catch_warnings():
+        # a posterior whose draws are all equal (e.g. PSIS-resampled with degenerate
+        # weights) is drawn as a spike; ArviZ's KDE says so with a UserWarning
+        warnings.filterwarnings("ignore", message="Your data appears to have a single value",
+                                category=UserWarning)
+        if kind == "forest":
+            axes = arviz.plot_forest(data, model_names=names, var_names=list(var_names),
+                                     combined=True, hdi_prob=hdi_prob, show=False)
+        else:
+            axes = arviz.plot_density(data, data_labels=names, var_names=list(var_names),
+                                      hdi_prob=hdi_prob, shade=0.1, show=False)
     ax = axes.ravel()[0] if hasattr(axes, "ravel") else axes
     for each in ax.figure.axes:
         # legend loc="best" scans every plotted point on each draw: very slow for KDEs

@@ -52,7 +52,8 @@ from pyro_dgm._validation import check_int
 from pyro_dgm.compare._arviz import arviz, group_names, is_arviz_1, set_attrs
 from pyro_dgm.inference.psis import psis_smooth
 
-__all__ = ["VERDICTS", "khat_threshold", "psis_diagnostic", "psis_resample", "psis_verdict"]
+__all__ = ["VERDICTS", "khat_threshold", "psis_diagnostic", "psis_resample", "psis_summary",
+           "psis_verdict"]
 
 #: the verdicts of :func:`psis_verdict`, best first
 VERDICTS = ("good", "usable after PSIS correction", "not reliable")
@@ -159,6 +160,30 @@ def psis_diagnostic(idata) -> float:
         no ratio is finite.
     """
     return _smooth(*_log_parts(idata))[1]
+
+
+def psis_summary(idata) -> dict:
+    """``{"khat", "psis_ess", "num_draws", "verdict"}`` of a posterior: computed from ``lp``
+    and ``log_q`` for a VI export, taken from the attrs for a :func:`psis_resample` result,
+    NaN (verdict ``""``) when neither is there (e.g. MCMC).
+
+    Example::
+
+        >>> psis_summary(from_guide(model, guide, x))["verdict"]
+        'good'
+    """
+    posterior = _group(idata, "posterior")
+    attrs = posterior.attrs if posterior is not None else {}
+    if "psis_khat" in attrs:
+        khat, ess, num = attrs["psis_khat"], attrs["psis_ess"], attrs["psis_num_draws"]
+    else:
+        stats = _group(idata, "sample_stats")
+        if stats is None or "log_q" not in stats.data_vars or "lp" not in stats.data_vars:
+            return {"khat": math.nan, "psis_ess": math.nan, "num_draws": 0, "verdict": ""}
+        log_w, khat = _smooth(*_log_parts(idata))
+        ess, num = float(1.0 / log_w.exp().pow(2).sum()), log_w.numel()
+    return {"khat": float(khat), "psis_ess": float(ess), "num_draws": int(num),
+            "verdict": psis_verdict(float(khat), int(num))}
 
 
 def _coords(datasets) -> dict:

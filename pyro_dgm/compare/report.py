@@ -8,7 +8,11 @@ against the reference method's draws (usually NUTS):
   signature of mean-field VI on correlated parameters);
 - ``w1_std``: the Wasserstein-1 distance between the two marginals, in units of
   :math:`\mathrm{sd}_{\rm ref}`;
-- ``r_hat`` and ``ess_bulk`` (Vehtari et al. 2021) for MCMC methods.
+- ``r_hat`` and ``ess_bulk`` (Vehtari et al. 2021) for MCMC methods;
+- ``khat`` and ``psis_ess`` for VI methods: the Pareto :math:`\hat k` of the importance
+  ratios :math:`p(\theta, x)/q(\theta)` and the smoothed weights' effective sample size
+  (:func:`~pyro_dgm.compare.psis_summary`; Yao et al. 2018), which judge the
+  approximation without a reference.
 
 Deterministic sites exported to the posterior are compared like any other variable;
 quantities a posterior lacks can be derived from it (``derived={"theta": fn}``).
@@ -29,6 +33,7 @@ import pandas as pd
 from scipy.stats import wasserstein_distance
 
 from pyro_dgm.compare._arviz import arviz
+from pyro_dgm.compare.psis import psis_summary
 
 __all__ = ["compare_posteriors", "summarize"]
 
@@ -171,6 +176,7 @@ def compare_posteriors(
         draws = _draws(post, var_names)
         rhat, ess = _diagnostics(post, var_names) if kind == "mcmc" else ({}, {})
         wall = (wall_times or {}).get(method, idata.posterior.attrs.get("wall_time_s", np.nan))
+        psis = psis_summary(idata)
         for label, values in draws.items():
             r = ref[label].ravel()
             v = values.ravel()
@@ -188,6 +194,8 @@ def compare_posteriors(
                 "w1_std": wasserstein_distance(v, r) / ref_sd,
                 "r_hat": float(rhat[label].squeeze()) if label in rhat else np.nan,
                 "ess_bulk": float(ess[label].squeeze()) if label in ess else np.nan,
+                "khat": psis["khat"],
+                "psis_ess": psis["psis_ess"],
                 "wall_time_s": float(wall),
             })
     return pd.DataFrame(rows)
@@ -221,6 +229,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         "mean_w1_std": grouped["w1_std"].mean(),
         "max_r_hat": grouped["r_hat"].max(),
         "min_ess_bulk": grouped["ess_bulk"].min(),
+        "khat": grouped["khat"].first(),
+        "psis_ess": grouped["psis_ess"].first(),
         "wall_time_s": grouped["wall_time_s"].first(),
     })
     return summary.reset_index()

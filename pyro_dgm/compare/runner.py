@@ -30,7 +30,8 @@ import torch
 
 from pyro_dgm.compare._arviz import set_attrs
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
-from pyro_dgm.compare.registry import METHODS, MODELS
+from pyro_dgm.compare.psis import psis_resample, psis_summary
+from pyro_dgm.compare.registry import METHODS, MODELS, MethodEntry
 from pyro_dgm.compare.report import compare_posteriors, summarize
 from pyro_dgm.compare.report_dir import ReportDir
 from pyro_dgm.compare.settings import Settings, default_settings, num_threads
@@ -38,12 +39,15 @@ from pyro_dgm.defaults import COMPARE_METHODS, COMPARE_MODEL, COMPARE_REFERENCE
 
 __all__ = [
     "DEFAULT_METHODS",
+    "PSIS_SUFFIX",
     "ComparisonResult",
     "default_settings",
     "markdown_table",
     "run_comparison",
 ]
 
+#: suffix of a method name asking for that VI method's PSIS-resampled draws
+PSIS_SUFFIX = "+psis"
 #: methods run when none are named (:data:`pyro_dgm.defaults.COMPARE_METHODS`)
 DEFAULT_METHODS = list(COMPARE_METHODS)
 
@@ -100,7 +104,10 @@ def run_comparison(
 
     :param model: a name in :data:`pyro_dgm.compare.registry.MODELS`.
     :param methods: names in :data:`pyro_dgm.compare.registry.METHODS` (default
-        :data:`DEFAULT_METHODS`); must include ``reference``.
+        :data:`DEFAULT_METHODS`); must include ``reference``. ``"<vi method>+psis"`` is that
+        method's draws resampled with their Pareto-smoothed importance weights
+        (:func:`~pyro_dgm.compare.psis_resample`), reusing the method's own draws when it is
+        listed before.
     :param out: directory for the report, written through a
         :class:`~pyro_dgm.compare.report_dir.ReportDir`: staged beside ``out`` (checked for
         writability before sampling) and moved into place only when complete.
@@ -111,7 +118,7 @@ def run_comparison(
     methods = list(DEFAULT_METHODS if methods is None else methods)
     settings = settings or default_settings()
     model_entry = MODELS.get(model)
-    entries = [METHODS.get(m) for m in methods]
+    entries = [_method_entry(m) for m in methods]
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods: duplicate names in {methods}")
     if reference not in methods:
@@ -129,6 +136,27 @@ def run_comparison(
     return result
 
 
+def _method_entry(name: str) -> MethodEntry:
+    """The registry's entry, or a ``<vi method>+psis`` entry built from it."""
+    if not name.endswith(PSIS_SUFFIX):
+        return METHODS.get(name)
+    base = METHODS.get(name[: -len(PSIS_SUFFIX)])
+    if base.kind != "vi":
+        raise ValueError(f"methods: {name!r}: PSIS correction needs a VI method (a guide's "
+                         f"draws with log_q); {base.name!r} is {base.kind}")
+    return MethodEntry(name, base.run, kind="vi",
+                       description=f"{base.description}; draws PSIS-resampled")
+
+
+def _run_entry(entry: MethodEntry, problem, settings: Settings, idatas: dict):
+    if not entry.name.endswith(PSIS_SUFFIX):
+        return entry.run(problem, settings)
+    base = idatas.get(entry.name[: -len(PSIS_SUFFIX)])
+    if base is None:
+        base = entry.run(problem, settings)
+    return psis_resample(base, seed=settings.seed)
+
+
 def _run(model, model_entry, entries, reference, settings, staging, log) -> ComparisonResult:
     pyro.set_rng_seed(settings.seed)
     problem = model_entry.build(settings)
@@ -142,7 +170,8 @@ def _run(model, model_entry, entries, reference, settings, staging, log) -> Comp
         log(f"running {entry.name} ({entry.description})")
         start = time.perf_counter()
         try:
-            idata = entry.run(problem, replace(settings, seed=settings.seed + 1000 * i))
+            idata = _run_entry(entry, problem, replace(settings, seed=settings.seed + 1000 * i),
+                               idatas)
         except (RuntimeError, ArithmeticError, torch.linalg.LinAlgError) as e:
             # a numerical failure of one method (e.g. a Hessian that is not positive
             # definite) must not lose the others: report it and go on
@@ -190,6 +219,16 @@ def _write_report(result: ComparisonResult, problem, reference: str, settings,
     result.files += [path / n for n in ("forest.png", "sd_ratios.png", "marginals.png")]
     links = "\n".join(f"- [{f.name}]({f.name})" for f in result.files)
     failed = "".join(f"**{name} failed**: {why}\n\n" for name, why in result.failures.items())
+    verdicts = "".join(
+        f"- **{name}**: k̂ = {p['khat']:.2f} from {p['num_draws']} draws — {p['verdict']}"
+        + (f" (these draws are PSIS-resampled, weights' ESS {p['psis_ess']:.0f})"
+           if name.endswith(PSIS_SUFFIX) else "") + "\n"
+        for name, p in ((n, psis_summary(i)) for n, i in result.idatas.items()) if p["verdict"])
+    if verdicts:
+        verdicts = ("## Can the VI be trusted without a reference? (PSIS k̂)\n\n"
+                    "k̂ < 0.5: good; below the sample-size threshold (at most 0.7): usable "
+                    "after PSIS correction (`<method>+psis`); above: not reliable "
+                    "(Yao et al. 2018; Vehtari et al. 2024).\n\n" + verdicts + "\n")
     index = (
         f"# Posterior comparison: {problem.name}\n\n{problem.description}\n\n"
         f"Reference method: **{reference}**. Settings: {settings.num_chains} chain(s) x "
@@ -198,7 +237,7 @@ def _write_report(result: ComparisonResult, problem, reference: str, settings,
         f"{num_threads(settings)} torch thread(s). Run id `{run_id}`.\n\n"
         "`sd_ratio` is each marginal's sd over the reference's (below 1: under-dispersed); "
         "`std_mean_error` and `w1_std` are in units of the reference sd.\n\n"
-        f"## Summary\n\n{markdown_table(summary)}\n{failed}"
+        f"## Summary\n\n{markdown_table(summary)}\n{failed}{verdicts}"
         "## Plots\n\n![forest](forest.png)\n\n![sd ratios](sd_ratios.png)\n\n"
         f"![marginals](marginals.png)\n\n## Files\n\n{links}\n"
     )
