@@ -193,13 +193,9 @@ class ChEESHMC(VectorizedKernel):
 
     # -- the sampler proper (a batch of C >= 1 chains) -------------------------------------
     def _start(self, params: dict, potential, warmup_steps: int) -> None:
-        self._names = sorted(params)
+        self._set_layout(params)
         if not self._names:
             raise ValueError("model: ChEESHMC needs at least one continuous latent site")
-        first = params[self._names[0]]
-        self._num_chains = first.shape[0]
-        self._shapes = [params[k].shape[1:] for k in self._names]
-        self._sizes = [s.numel() for s in self._shapes]
         self._potential = potential
         self._warmup_steps = warmup_steps
         z = self._flatten(params)
@@ -217,17 +213,6 @@ class ChEESHMC(VectorizedKernel):
         self._last = None
         if warmup_steps == 0:
             self._end_warmup()
-
-    def _flatten(self, params: dict) -> torch.Tensor:
-        chains = params[self._names[0]].shape[0]
-        return torch.cat([params[k].reshape(chains, -1) for k in self._names], dim=-1)
-
-    def _unflatten(self, z: torch.Tensor) -> dict:
-        out, pos = {}, 0
-        for name, shape, size in zip(self._names, self._shapes, self._sizes, strict=True):
-            out[name] = z[:, pos:pos + size].reshape(z.shape[:1] + shape)
-            pos += size
-        return out
 
     def _potential_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:math:`U` ``(C,)`` and :math:`\\nabla U` ``(C, D)`` of every chain, one batched pass.

@@ -89,6 +89,32 @@ class VectorizedKernel(MCMCKernel):
     def diagnostics(self):
         return self.chain_diagnostics()[0]
 
+    # -- the chains' parameters as one (C, D) tensor ---------------------------------------
+    def _set_layout(self, params: dict) -> None:
+        """Record the sites of ``params`` (``{site: (C, *shape)}``) in a fixed order, so a
+        batch of ``C`` chains moves as one ``(C, D)`` tensor (:meth:`_flatten`,
+        :meth:`_unflatten`)."""
+        self._names = sorted(params)
+        first = params[self._names[0]] if self._names else None
+        self._num_chains = first.shape[0] if first is not None else 1
+        self._shapes = [params[k].shape[1:] for k in self._names]
+        self._sizes = [s.numel() for s in self._shapes]
+
+    def _flatten(self, params: dict) -> torch.Tensor:
+        """``{site: (C, *shape)}`` -> ``(C, D)``."""
+        if not self._names:  # a model without latent sites
+            return torch.zeros(self._num_chains, 0)
+        chains = params[self._names[0]].shape[0]
+        return torch.cat([params[k].reshape(chains, -1) for k in self._names], dim=-1)
+
+    def _unflatten(self, z: torch.Tensor) -> dict:
+        """``(C, D)`` -> ``{site: (C, *shape)}``."""
+        out, pos = {}, 0
+        for name, shape, size in zip(self._names, self._shapes, self._sizes, strict=True):
+            out[name] = z[:, pos:pos + size].reshape(z.shape[:1] + shape)
+            pos += size
+        return out
+
 
 class MCMC(pyro_api.MCMC):
     """:class:`pyro.infer.MCMC` plus ``chain_method="vectorized"``.

@@ -236,11 +236,7 @@ class RandomWalkMH(VectorizedKernel):
 
     # -- the sampler proper (a batch of C >= 1 chains) -------------------------------------
     def _start(self, params: dict, potential, warmup_steps: int) -> None:
-        self._names = sorted(params)
-        first = params[self._names[0]] if self._names else None
-        self._num_chains = first.shape[0] if first is not None else 1
-        self._shapes = [params[k].shape[1:] for k in self._names]
-        self._sizes = [s.numel() for s in self._shapes]
+        self._set_layout(params)
         self._potential = potential
         self._warmup_steps = warmup_steps
         z = self._flatten(params)
@@ -260,19 +256,6 @@ class RandomWalkMH(VectorizedKernel):
         self._log_density_sum = torch.zeros_like(self._accept_count)  # after warm-up
         self._scale = None
         self._last = None
-
-    def _flatten(self, params: dict) -> torch.Tensor:
-        if not self._names:  # a model without latent sites
-            return torch.zeros(self._num_chains, 0)
-        C = params[self._names[0]].shape[0]
-        return torch.cat([params[k].reshape(C, -1) for k in self._names], dim=-1)
-
-    def _unflatten(self, z: torch.Tensor) -> dict:
-        out, pos = {}, 0
-        for name, shape, size in zip(self._names, self._shapes, self._sizes, strict=True):
-            out[name] = z[:, pos:pos + size].reshape(z.shape[:1] + shape)
-            pos += size
-        return out
 
     @torch.no_grad()
     def _step(self) -> None:
