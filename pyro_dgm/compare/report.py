@@ -229,8 +229,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         "mean_w1_std": grouped["w1_std"].mean(),
         "max_r_hat": grouped["r_hat"].max(),
         "min_ess_bulk": grouped["ess_bulk"].min(),
-        "khat": grouped["khat"].first(),
-        "psis_ess": grouped["psis_ess"].first(),
+        **{name: grouped[name].first() for name in ("khat", "psis_ess") if name in table},
         "wall_time_s": grouped["wall_time_s"].first(),
     })
     return summary.reset_index()
