@@ -18,16 +18,23 @@ of wall time of the whole run, warm-up included, for
 - ``ours_mh``: :class:`pyro_dgm.inference.RandomWalkMH`, 64 chains in one process;
 - ``ours_hmc``: :class:`pyro_dgm.inference.ChEESHMC`, 64 chains in lockstep.
 
+Chain starts (``settings.starts``): on ``logreg`` the samplers' own (prior draws for ours,
+the prior median for Pyro's); on ``fa`` ``ours_mh`` and ``ours_hmc`` start as the
+comparison method ``hmc`` does, at the jittered MAP point
+(:func:`pyro_dgm.compare.methods.starts.jittered_starts`: the best of 4 L-BFGS MAP fits plus
+N(0, 0.1^2) noise per chain in unconstrained space), and the MAP fit's time counts in
+their wall time (``map_s``); Pyro's NUTS starts from the prior median, as in its defaults.
+
 Also: gradient evaluations per effective sample of ``ours_hmc`` (leapfrog steps of all
 chains, warm-up included, over min ESS); one ChEES-HMC chain step against one batched
 potential-and-gradient evaluation times the leapfrog steps of that step, and one MH step
 against one batched potential evaluation (64 chains, after warm-up, timed in alternating
 rounds); the largest difference of posterior means, NUTS vs ours, in posterior sds.
 
-Run: ``python -m benchmarks.mcmc [--quick] [--out FILE]`` (``--quick``: the best NUTS
-configuration only, short runs, under a minute). Goals (issue 14): ``ours_hmc`` at least 10x
-the best Pyro NUTS on both targets; a chain step at most 1.3x the potential-and-gradient
-evaluations it makes.
+Run: ``python -m benchmarks.mcmc [--quick] [--targets logreg,fa] [--out FILE]``
+(``--quick``: the best NUTS configuration only, short runs, under a minute). Goals (issue
+14): ``ours_hmc`` at least 10x the best Pyro NUTS on both targets; a chain step at most 1.3x
+the potential-and-gradient evaluations it makes.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from pyro.infer.mcmc import RandomWalkKernel
 from benchmarks._common import emit, parser, sync, time_per_call
 from pyro_dgm.compare import MODELS, default_settings
 from pyro_dgm.compare._arviz import arviz
+from pyro_dgm.compare.methods.starts import jittered_starts
 from pyro_dgm.compare.settings import Problem
 from pyro_dgm.data import load_tabular
 from pyro_dgm.inference import MCMC, ChEESHMC, RandomWalkMH
@@ -79,9 +87,22 @@ def min_ess(draws: torch.Tensor) -> float:
     return float(np.min(ess))
 
 
-def run(mcmc, problem, device="cpu"):
+def map_init(kernel, problem: Problem, chains: int, device="cpu") -> float:
+    """Set ``kernel.initial_params`` to jittered MAP starts; return the seconds it took."""
     sync(device)
     start = time.perf_counter()
+    init, _ = jittered_starts(problem, default_settings(device=device, progress=False), chains)
+    if init is None:
+        raise ValueError(f"{problem.name}: no MAP start")
+    kernel.initial_params = init
+    sync(device)
+    return time.perf_counter() - start
+
+
+def run(mcmc, problem, device="cpu", extra_s: float = 0.0):
+    """Run ``mcmc``; ``extra_s`` (e.g. a MAP fit for the start) counts in the wall time."""
+    sync(device)
+    start = time.perf_counter() - extra_s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mcmc.run(*problem.args, **problem.kwargs)
@@ -115,6 +136,12 @@ def fa_problem(device="cpu") -> Problem:
     return MODELS.get("fa").build(default_settings(device=device, progress=False))
 
 
+#: the targets by name (``--targets``)
+TARGETS = {"logreg": logreg_problem, "fa": fa_problem}
+#: how ``ours_mh`` and ``ours_hmc`` start on each target: ``prior`` (the kernels' own
+#: prior draws) or ``map`` (jittered MAP, as the comparison method ``hmc``)
+STARTS = {"logreg": "prior", "fa": "map"}
+
 NUTS_CONFIGS = [(full, jit) for full in (False, True) for jit in (False, True)]
 
 
@@ -123,7 +150,7 @@ def nuts_name(full: bool, jit: bool) -> str:
 
 
 def bench_target(problem: Problem, sizes: dict, configs, chains: int, quick: bool,
-                 device: str, with_rw: bool) -> tuple[dict, dict]:
+                 device: str, with_rw: bool, map_start: bool) -> tuple[dict, dict]:
     results = {}
     for full, jit in configs:
         n, w = sizes["pyro_nuts"]
@@ -142,21 +169,23 @@ def bench_target(problem: Problem, sizes: dict, configs, chains: int, quick: boo
 
     n, w = sizes["ours_mh"]
     mh = RandomWalkMH(problem.model, max_plate_nesting=problem.max_plate_nesting)
+    map_s = map_init(mh, problem, chains, device) if map_start else 0.0
     mcmc = MCMC(mh, n, warmup_steps=w, num_chains=chains, chain_method="vectorized",
                 disable_progbar=True)
-    results["ours_mh"], _ = run(mcmc, problem, device)
-    results["ours_mh"]["chains"] = chains
+    results["ours_mh"], _ = run(mcmc, problem, device, extra_s=map_s)
+    results["ours_mh"].update(chains=chains, map_s=map_s)
 
     n, w = sizes["ours_hmc"]
     hmc = ChEESHMC(problem.model, max_plate_nesting=problem.max_plate_nesting)
+    map_s = map_init(hmc, problem, chains, device) if map_start else 0.0
     steps = []
     mcmc = MCMC(hmc, n, warmup_steps=w, num_chains=chains, chain_method="vectorized",
                 disable_progbar=True,
                 hook_fn=lambda k, p, stage, i: steps.append(k.adapter.num_steps(
                     k._t - 1, k._ratio if k._ratio is not None else k._lagged.read())))
-    results["ours_hmc"], hmc_draws = run(mcmc, problem, device)
+    results["ours_hmc"], hmc_draws = run(mcmc, problem, device, extra_s=map_s)
     grads = chains * (sum(steps) + 1)
-    results["ours_hmc"].update(chains=chains, step_size=hmc.step_size,
+    results["ours_hmc"].update(chains=chains, map_s=map_s, step_size=hmc.step_size,
                                trajectory_length=hmc.trajectory_length,
                                grad_evals=grads,
                                grad_evals_per_ess=grads / results["ours_hmc"]["min_ess"])
@@ -206,7 +235,13 @@ def main(argv=None):
     p.add_argument("--chains", type=int, default=64)
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads for every method (tiny tensors: 1 is fastest)")
+    p.add_argument("--targets", default="logreg,fa",
+                   help="comma-separated targets to run, of: " + ", ".join(TARGETS))
     args = p.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown or not targets:
+        p.error(f"--targets: unknown {unknown}; choose from {', '.join(TARGETS)}")
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
     quick = args.quick
@@ -222,15 +257,20 @@ def main(argv=None):
     configs = {"logreg": [(True, True)] if quick else NUTS_CONFIGS,
                "fa": [(True, True)] if quick else [(False, False), (True, True)]}
     results, ratios = {}, {}
-    for name, build in (("logreg", logreg_problem), ("fa", fa_problem)):
-        problem = build(args.device)
+    for name in targets:
+        problem = TARGETS[name](args.device)
         results[name], r = bench_target(problem, sizes[name], configs[name], args.chains,
-                                        quick, args.device, with_rw=name == "logreg")
+                                        quick, args.device, with_rw=name == "logreg",
+                                        map_start=STARTS[name] == "map")
         ratios.update({f"{name}_{k}": v for k, v in r.items()})
     settings = {"quick": quick, "seed": args.seed, "threads": args.threads,
-                "chains": args.chains,
-                "draws_warmup": {t: {k: list(v) for k, v in d.items()} for t, d in sizes.items()},
-                "nuts_configs": {t: [nuts_name(*c) for c in cs] for t, cs in configs.items()},
+                "chains": args.chains, "targets": targets,
+                "starts": {t: ("ours_mh, ours_hmc: jittered MAP (best of 4 L-BFGS fits + "
+                               "N(0, 0.1^2) unconstrained; MAP time in wall_s as map_s); "
+                               "NUTS: prior median") if STARTS[t] == "map" else
+                           "ours: prior draws; NUTS: prior median" for t in targets},
+                "draws_warmup": {t: {k: list(v) for k, v in sizes[t].items()} for t in targets},
+                "nuts_configs": {t: [nuts_name(*c) for c in configs[t]] for t in targets},
                 "goals": {"<target>_ours_hmc_vs_best_pyro_nuts_ess_per_s": ">= 10",
                           "<target>_hmc_step_vs_grad_times_leapfrog": "<= 1.3"}}
     return emit("mcmc", results, ratios, settings=settings, device=args.device, out=args.out)

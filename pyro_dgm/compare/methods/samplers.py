@@ -18,11 +18,10 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import init_to_median
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import biject_to
 
 from pyro_dgm.compare._arviz import set_attrs
 from pyro_dgm.compare.methods.fitting import run_vectorized
-from pyro_dgm.compare.methods.starts import map_start
+from pyro_dgm.compare.methods.starts import jittered_starts
 from pyro_dgm.compare.registry import register_method
 from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.inference.chees import ChEESHMC
@@ -63,25 +62,6 @@ def run_gibbs(problem: Problem, settings: Settings):
     return run_vectorized(kernel, problem, settings, settings.num_chains)
 
 
-def _jittered_starts(problem: Problem, settings: Settings, chains: int,
-                     scale: float = 0.1) -> tuple[dict | None, str]:
-    r"""Unconstrained initial values ``(chains, ...)``: the MAP point plus
-    :math:`\mathcal N(0, scale^2)` noise per chain (as ``init_to_jittered``), or ``None``
-    (the kernel's prior-median start) where no MAP can be fitted."""
-    try:
-        point = map_start(problem, settings)
-    except (NotImplementedError, ValueError) as e:  # e.g. discrete latents: no MAP
-        return None, f"prior median (no MAP start: {e})"
-    with torch.no_grad(), poutine.block():
-        trace = poutine.trace(problem.model).get_trace(*problem.args, **problem.kwargs)
-    init = {}
-    for name, value in point.items():
-        free = biject_to(trace.nodes[name]["fn"].support).inv(value)
-        init[name] = free + scale * torch.randn((chains,) + free.shape, dtype=free.dtype,
-                                                device=free.device)
-    return init, f"MAP + jitter {scale}"
-
-
 @register_method("hmc", kind="mcmc", description=f"ChEES-HMC, {HMC_CHAINS} chains in lockstep "
                  "from jittered MAP starts")
 def run_hmc(problem: Problem, settings: Settings):
@@ -89,7 +69,7 @@ def run_hmc(problem: Problem, settings: Settings):
         settings.num_chains
     kernel = ChEESHMC(problem.model, init_strategy=init_to_median,
                       max_plate_nesting=problem.max_plate_nesting)
-    init, start = _jittered_starts(problem, settings, chains)
+    init, start = jittered_starts(problem, settings, chains)
     if init is not None and problem.vectorizable:
         kernel.initial_params = init
     idata = run_vectorized(kernel, problem, settings, chains)

@@ -12,14 +12,16 @@ import math
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoLaplaceApproximation, init_to_median, init_to_sample
+from torch.distributions import biject_to
 
 from pyro_dgm._validation import check_int
 from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.defaults import MAP_LBFGS_ITERATIONS, MAP_STARTS
 
-__all__ = ["init_to_jittered", "map_start"]
+__all__ = ["init_to_jittered", "jittered_starts", "map_start"]
 
 
 def map_start(problem: Problem, settings: Settings, num_steps: int = MAP_LBFGS_ITERATIONS,
@@ -99,3 +101,29 @@ def init_to_jittered(values: dict, scale: float = 0.1):
         return transform(free + scale * torch.randn_like(free))
 
     return strategy
+
+
+def jittered_starts(problem: Problem, settings: Settings, chains: int,
+                    scale: float = 0.1) -> tuple[dict | None, str]:
+    r"""Unconstrained initial values ``(chains, ...)`` for a vectorized kernel's
+    ``initial_params``: the :func:`map_start` point plus :math:`\mathcal N(0, scale^2)`
+    noise per chain (as :func:`init_to_jittered`), or ``None`` (the kernel's prior-median
+    start) where no MAP can be fitted; and a description of the start.
+
+    Example::
+
+        >>> init, how = jittered_starts(problem, settings, 64)
+        >>> kernel.initial_params = init
+    """
+    try:
+        point = map_start(problem, settings)
+    except (NotImplementedError, ValueError) as e:  # e.g. discrete latents: no MAP
+        return None, f"prior median (no MAP start: {e})"
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(problem.model).get_trace(*problem.args, **problem.kwargs)
+    init = {}
+    for name, value in point.items():
+        free = biject_to(trace.nodes[name]["fn"].support).inv(value)
+        init[name] = free + scale * torch.randn((chains,) + free.shape, dtype=free.dtype,
+                                                device=free.device)
+    return init, f"MAP + jitter {scale}"
