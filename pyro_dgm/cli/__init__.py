@@ -45,6 +45,21 @@ def _command(argv: list[str]) -> str:
     return f"pyro-dgm {first}" if first in names else "pyro-dgm"
 
 
+def _name_the_flag(message: str, parser: argparse.ArgumentParser, command: str | None) -> str:
+    """``"seed must be >= 0"`` -> ``"--seed: seed must be >= 0"``, ``"out: ..."`` ->
+    ``"--out: ..."``: a message that starts with the name of one of the command's options
+    names the option's flag (library errors name the Python argument)."""
+    sub = next((a.choices.get(command) for a in parser._actions
+                if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        return message
+    head = message.split(" ", 1)[0]
+    flag = "--" + head.rstrip(":").replace("_", "-")
+    if flag not in sub._option_string_actions:
+        return message
+    return f"{flag}:{message[len(head):]}" if head.endswith(":") else f"{flag}: {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pyro-dgm``; returns the exit code.
 
@@ -52,15 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     status 2 (130 after Ctrl-C).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except CLIError as e:
         print(str(e), file=sys.stderr)
         return 2
     except ValueError as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"{_command(argv)}: {message}", file=sys.stderr)
+        command = _command(argv).removeprefix("pyro-dgm").strip() or None
+        print(f"{_command(argv)}: {_name_the_flag(message, parser, command)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{_command(argv)}: interrupted", file=sys.stderr)

@@ -43,7 +43,7 @@ def test_a_directory_of_other_files_is_refused(tmp_path, capsys):
     (out / "thesis.tex").write_text("precious")
     assert main(["compare", *FAST, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("pyro-dgm compare: out:") and "--overwrite" in err
+    assert err.startswith("pyro-dgm compare: --out:") and "--overwrite" in err
     assert "\n" not in err and (out / "thesis.tex").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging left
 
@@ -65,9 +65,9 @@ def test_overwrite_replaces_it_and_a_previous_report_is_replaced_whole(tmp_path)
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--device", "mps"], "pyro-dgm compare: device: unknown device 'mps'"),
-    (["--seed", "-1"], "pyro-dgm compare: seed must be >= 0"),
-    (["--threads", "0"], "pyro-dgm compare: threads must be >= 1"),
+    (["--device", "mps"], "pyro-dgm compare: --device: unknown device 'mps'"),
+    (["--seed", "-1"], "pyro-dgm compare: --seed: seed must be >= 0"),
+    (["--threads", "0"], "pyro-dgm compare: --threads: threads must be >= 1"),
 ])
 def test_bad_arguments_create_no_directory(argv, fragment, tmp_path, capsys):
     out = tmp_path / "report"
