@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 __all__ = [
+    "COMPARE_HMC_RUN",
     "COMPARE_METHODS",
     "COMPARE_MODEL",
     "COMPARE_REFERENCE",
@@ -28,6 +29,10 @@ __all__ = [
     "DTYPE_NAMES",
     "MAP_LBFGS_ITERATIONS",
     "MAP_STARTS",
+    "NESTED_RHAT_MIN_CHAINS",
+    "NESTED_RHAT_SUPERCHAINS",
+    "SVI_TOLERANCE",
+    "SVI_WINDOW",
 ]
 
 #: floating-point dtypes accepted by name (``--dtype``, run configs)
@@ -47,6 +52,24 @@ COMPARE_RUN = {
     "full": {"num_samples": 1000, "num_warmup": 1000, "num_chains": 4, "num_steps": 5000},
     "quick": {"num_samples": 150, "num_warmup": 100, "num_chains": 2, "num_steps": 500},
 }
+#: run sizes of the ``hmc`` method (ChEES-HMC, many short chains in lockstep): chains x
+#: (warm-up + draws), used where the run's MCMC sizes are the defaults above (a caller who
+#: sets sizes gets those, with at least ``num_chains`` of these chains); draws >= chains
+#: keeps ArviZ from warning
+COMPARE_HMC_RUN = {
+    "full": {"num_chains": 64, "num_warmup": 300, "num_samples": 150},
+    "quick": {"num_chains": 64, "num_warmup": 150, "num_samples": 64},
+}
+#: SVI convergence rule of the comparison's VI methods: every ``SVI_WINDOW`` steps, stop
+#: when the mean loss of the last window changed by at most ``SVI_TOLERANCE`` (relative)
+#: against the window before; ``num_steps`` above is the cap
+SVI_WINDOW = 250
+SVI_TOLERANCE = 1e-4
+#: an MCMC posterior with at least this many chains also gets nested R-hat in the report
+NESTED_RHAT_MIN_CHAINS = 16
+#: superchains of nested R-hat (consecutive chains; a posterior's ``num_superchains``
+#: attribute overrides it)
+NESTED_RHAT_SUPERCHAINS = 8
 #: L-BFGS iterations (at most) of each MAP fit that starts MCMC chains
 MAP_LBFGS_ITERATIONS = 500
 #: MAP fits (prior median, then prior draws) whose best point starts the chains

@@ -8,7 +8,13 @@ against the reference method's draws (usually NUTS):
   signature of mean-field VI on correlated parameters);
 - ``w1_std``: the Wasserstein-1 distance between the two marginals, in units of
   :math:`\mathrm{sd}_{\rm ref}`;
-- ``r_hat`` and ``ess_bulk`` (Vehtari et al. 2021) for MCMC methods;
+- ``r_hat`` and ``ess_bulk`` (Vehtari et al. 2021) for MCMC methods, and ``nested_r_hat``
+  (:func:`~pyro_dgm.compare.nested_rhat`) for MCMC posteriors of many chains (at least
+  :data:`~pyro_dgm.defaults.NESTED_RHAT_MIN_CHAINS`), in superchains of consecutive chains:
+  the posterior's ``num_superchains`` attribute, else
+  :data:`~pyro_dgm.defaults.NESTED_RHAT_SUPERCHAINS` (8) where it divides the chains;
+- ``svi_steps``: the optimizer steps of a VI method (its posterior's ``svi_steps``
+  attribute; the comparison's VI methods stop by a convergence rule);
 - ``khat`` and ``psis_ess`` for VI methods: the Pareto :math:`\hat k` of the importance
   ratios :math:`p(\theta, x)/q(\theta)` and the smoothed weights' effective sample size
   (:func:`~pyro_dgm.compare.psis_summary`; Yao et al. 2018), which judge the
@@ -33,7 +39,9 @@ import pandas as pd
 from scipy.stats import wasserstein_distance
 
 from pyro_dgm.compare._arviz import arviz
+from pyro_dgm.compare.nested_rhat import nested_rhat_array
 from pyro_dgm.compare.psis import psis_summary
+from pyro_dgm.defaults import NESTED_RHAT_MIN_CHAINS, NESTED_RHAT_SUPERCHAINS
 
 __all__ = ["compare_posteriors", "summarize"]
 
@@ -67,6 +75,27 @@ def _diagnostics(post, var_names) -> tuple[dict, dict]:
     as_arrays = [{n: np.asarray(ds[n].values)[None, None] for n in var_names}
                  for ds in (rhat, ess)]
     return _flatten(as_arrays[0]), _flatten(as_arrays[1])
+
+
+def _superchains(post) -> int | None:
+    """Superchains for nested R-hat of an MCMC posterior, or ``None`` (too few chains, or
+    the default does not divide them)."""
+    chains = post.sizes["chain"]
+    k = post.attrs.get("num_superchains")
+    if k is not None:
+        return int(k)
+    if chains < NESTED_RHAT_MIN_CHAINS or chains % NESTED_RHAT_SUPERCHAINS:
+        return None
+    return NESTED_RHAT_SUPERCHAINS
+
+
+def _nested(post, var_names) -> dict:
+    """Per-element nested R-hat, or ``{}`` where :func:`_superchains` says none."""
+    k = _superchains(post)
+    if k is None or post.sizes["draw"] < 2:
+        return {}
+    return {label: nested_rhat_array(values[..., None], k)[0]
+            for label, values in _draws(post, var_names).items()}
 
 
 def _kind(method: str, idata) -> str:
@@ -143,7 +172,8 @@ def compare_posteriors(
         ``inference_kind``, or a derived quantity of the wrong shape or not finite.
     :return: one row per method x parameter element with columns ``method``, ``kind``,
         ``parameter``, ``mean``, ``sd``, ``ref_mean``, ``ref_sd``, ``std_mean_error``,
-        ``sd_ratio``, ``w1_std``, ``r_hat``, ``ess_bulk``, ``wall_time_s``.
+        ``sd_ratio``, ``w1_std``, ``r_hat``, ``ess_bulk``, ``nested_r_hat``, ``khat``,
+        ``psis_ess``, ``svi_steps``, ``wall_time_s``.
     """
     if reference not in idatas:
         raise ValueError(f"reference {reference!r} is not one of the methods {list(idatas)}")
@@ -175,6 +205,8 @@ def compare_posteriors(
         post, kind = posts[method], kinds[method]
         draws = _draws(post, var_names)
         rhat, ess = _diagnostics(post, var_names) if kind == "mcmc" else ({}, {})
+        nested = _nested(post, var_names) if kind == "mcmc" else {}
+        steps = post.attrs.get("svi_steps", np.nan)
         wall = (wall_times or {}).get(method, idata.posterior.attrs.get("wall_time_s", np.nan))
         psis = psis_summary(idata)
         for label, values in draws.items():
@@ -194,8 +226,10 @@ def compare_posteriors(
                 "w1_std": wasserstein_distance(v, r) / ref_sd,
                 "r_hat": float(rhat[label].squeeze()) if label in rhat else np.nan,
                 "ess_bulk": float(ess[label].squeeze()) if label in ess else np.nan,
+                "nested_r_hat": float(nested[label]) if label in nested else np.nan,
                 "khat": psis["khat"],
                 "psis_ess": psis["psis_ess"],
+                "svi_steps": float(steps),
                 "wall_time_s": float(wall),
             })
     return pd.DataFrame(rows)
@@ -215,7 +249,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
 
     ``max_abs_std_error`` is the largest |standardized mean error| and ``worst_parameter``
     the element it belongs to: the number that decides whether a method matches the
-    reference (a mean over 50 elements hides one that is off by 3 sd).
+    reference (a mean over 50 elements hides one that is off by 3 sd). ``max_nested_r_hat``
+    and ``steps`` (SVI steps) appear when the table has such values.
     """
     grouped = table.groupby("method", sort=False)
     summary = pd.DataFrame({
@@ -229,7 +264,11 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         "mean_w1_std": grouped["w1_std"].mean(),
         "max_r_hat": grouped["r_hat"].max(),
         "min_ess_bulk": grouped["ess_bulk"].min(),
+        **({"max_nested_r_hat": grouped["nested_r_hat"].max()}
+           if table.get("nested_r_hat", pd.Series(dtype=float)).notna().any() else {}),
         **{name: grouped[name].first() for name in ("khat", "psis_ess") if name in table},
+        **({"steps": grouped["svi_steps"].first()}
+           if table.get("svi_steps", pd.Series(dtype=float)).notna().any() else {}),
         "wall_time_s": grouped["wall_time_s"].first(),
     })
     return summary.reset_index()

@@ -232,8 +232,10 @@ def _write_report(result: ComparisonResult, problem, reference: str, settings,
     index = (
         f"# Posterior comparison: {problem.name}\n\n{problem.description}\n\n"
         f"Reference method: **{reference}**. Settings: {settings.num_chains} chain(s) x "
-        f"{settings.num_samples} draws after {settings.num_warmup} warm-up; "
-        f"{settings.num_steps} SVI steps; seed {settings.seed}; device {settings.device}; "
+        f"{settings.num_samples} draws after {settings.num_warmup} warm-up (`hmc`: its own "
+        "sizes, `pyro_dgm.defaults.COMPARE_HMC_RUN`); "
+        f"at most {settings.num_steps} SVI steps (stopped by the convergence rule: the "
+        f"summary's `steps`); seed {settings.seed}; device {settings.device}; "
         f"{num_threads(settings)} torch thread(s). Run id `{run_id}`.\n\n"
         "`sd_ratio` is each marginal's sd over the reference's (below 1: under-dispersed); "
         "`std_mean_error` and `w1_std` are in units of the reference sd.\n\n"

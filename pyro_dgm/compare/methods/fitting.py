@@ -19,14 +19,26 @@ from tqdm.auto import tqdm
 from pyro_dgm._validation import check_int
 from pyro_dgm.compare.export import from_guide, from_mcmc
 from pyro_dgm.compare.settings import Problem, Settings, num_warmup
+from pyro_dgm.defaults import SVI_TOLERANCE, SVI_WINDOW
 from pyro_dgm.inference.mcmc import MCMC
 
-__all__ = ["export_guide", "fit_svi", "run_vectorized", "vi_draws"]
+__all__ = ["converged", "export_guide", "fit_svi", "run_vectorized", "vi_draws"]
 
 
 def vi_draws(settings: Settings) -> int:
     """Guide draws exported per VI method: as many as MCMC keeps over all chains."""
     return settings.num_samples * max(settings.num_chains, 1)
+
+
+def converged(losses: list[float], window: int, tol: float) -> bool:
+    """The convergence rule of :func:`fit_svi`: at least ``2 * window`` losses, and the mean
+    of the last ``window`` differs from the mean of the ``window`` before by at most
+    ``tol`` relative to its magnitude, ``|m_1 - m_0| <= tol * max(|m_1|, 1)``."""
+    if window < 1 or len(losses) < 2 * window:
+        return False
+    last = sum(losses[-window:]) / window
+    before = sum(losses[-2 * window:-window]) / window
+    return abs(last - before) <= tol * max(abs(last), 1.0)
 
 
 def fit_svi(
@@ -37,15 +49,32 @@ def fit_svi(
     loss=None,
     lr: float = 0.02,
     num_steps: int | None = None,
+    window: int | None = None,
+    tol: float | None = None,
     desc: str = "SVI",
 ) -> list[float]:
-    """Optimize ``guide`` for ``problem`` with Adam, decaying the rate 10x over the run.
+    """Optimize ``guide`` for ``problem`` with Adam, decaying the rate 10x over the step cap.
+
+    Without an explicit ``num_steps`` the run stops early by a convergence rule
+    (:func:`converged`): every ``window`` steps, once ``2 * window`` losses exist, it stops
+    when the mean loss of the last ``window`` steps changed by at most ``tol`` (relative)
+    against the ``window`` before; ``settings.num_steps`` is the cap. Defaults
+    :data:`pyro_dgm.defaults.SVI_WINDOW` and :data:`pyro_dgm.defaults.SVI_TOLERANCE`. An
+    explicit ``num_steps`` runs exactly that many steps unless ``tol`` is given too.
 
     :param loss: a :class:`pyro.infer.ELBO`; default ``Trace_ELBO`` with 4 particles
         (vectorized when the problem allows it).
-    :return: the loss of every step.
+    :param window: steps per smoothing window; ``tol``: relative tolerance (``0`` turns the
+        rule off).
+    :return: the loss of every step taken (its length is the number of steps).
     """
+    explicit = num_steps is not None
     num_steps = check_int("num_steps", num_steps or settings.num_steps, minimum=1)
+    if tol is None:
+        tol = 0.0 if explicit else SVI_TOLERANCE
+    window = check_int("window", SVI_WINDOW if window is None else window, minimum=1)
+    if not tol >= 0.0:
+        raise ValueError(f"tol: must be >= 0, got {tol!r}")
     if loss is None:
         loss = Trace_ELBO(num_particles=4, vectorize_particles=problem.vectorizable,
                           max_plate_nesting=problem.max_plate_nesting)
@@ -57,6 +86,9 @@ def fit_svi(
         losses.append(svi.step(*problem.args, **problem.kwargs))
         if step % 100 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        if tol > 0 and (step + 1) % window == 0 and converged(losses, window, tol):
+            break
+    bar.close()
     return losses
 
 

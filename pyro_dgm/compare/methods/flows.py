@@ -37,8 +37,8 @@ def run_flow_guide(problem: Problem, settings: Settings, method: str):
     guide = FlowGuide(problem.model, flow=flow, num_flows=num_flows,
                       init_loc_fn=init_to_median, init_scale=0.1)
     guide = guide.to(device=settings.device)
-    fit_svi(problem, guide, settings, lr=lr, desc=method)
-    return export_guide(problem, guide, settings)
+    steps = len(fit_svi(problem, guide, settings, lr=lr, desc=method))
+    return export_guide(problem, guide, settings, {"svi_steps": steps})
 
 
 def _register(method: str) -> None:

@@ -41,17 +41,17 @@ def _fit_iwae(problem: Problem, settings: Settings):
     guide = AutoMultivariateNormal(problem.model, init_loc_fn=init_to_median, init_scale=0.05)
     loss = IWAE(IWAE_PARTICLES, estimator="dreg", vectorize_particles=problem.vectorizable,
                 max_plate_nesting=problem.max_plate_nesting)
-    fit_svi(problem, guide, settings, loss=loss, desc="iwae")
-    return guide
+    steps = len(fit_svi(problem, guide, settings, loss=loss, desc="iwae"))
+    return guide, steps
 
 
 @register_method("iwae", kind="vi",
                  description=f"full-rank Gaussian guide on the IWAE bound (K={IWAE_PARTICLES}, "
                  "DReG)")
 def run_iwae(problem: Problem, settings: Settings):
-    guide = _fit_iwae(problem, settings)
+    guide, steps = _fit_iwae(problem, settings)
     return export_guide(problem, guide, settings,
-                        {"objective": f"IWAE(K={IWAE_PARTICLES}, dreg)"})
+                        {"objective": f"IWAE(K={IWAE_PARTICLES}, dreg)", "svi_steps": steps})
 
 
 @register_method("iwae-sir", kind="vi",
@@ -61,7 +61,7 @@ def run_iwae_sir(problem: Problem, settings: Settings):
     if not problem.vectorizable:
         raise ValueError("iwae-sir draws particles as one vectorized trace; the problem's "
                          "model does not broadcast over a leading dimension")
-    guide = _fit_iwae(problem, settings)
+    guide, steps = _fit_iwae(problem, settings)
     num = vi_draws(settings)
     draws = importance_resample(problem.model, guide, *problem.args, num_samples=num,
                                 num_particles=IWAE_PARTICLES,
@@ -70,7 +70,8 @@ def run_iwae_sir(problem: Problem, settings: Settings):
     posterior = {name: draws[name].reshape((1, num) + shape)
                  for name, shape in info.latent.items()}
     attrs = {"inference_kind": "vi", "guide": "importance-resampled AutoMultivariateNormal",
-             "objective": f"IWAE(K={IWAE_PARTICLES}, dreg)", "sir_particles": IWAE_PARTICLES}
+             "objective": f"IWAE(K={IWAE_PARTICLES}, dreg)", "sir_particles": IWAE_PARTICLES,
+             "svi_steps": steps}
     return to_inference_data(posterior, info, model=problem.model, args=problem.args,
                              kwargs=problem.kwargs, attrs=attrs)
 
@@ -83,6 +84,7 @@ def run_perturbative(problem: Problem, settings: Settings):
     loss = PerturbativeELBO(order=3, num_particles=PERTURBATIVE_PARTICLES,
                             vectorize_particles=problem.vectorizable,
                             max_plate_nesting=problem.max_plate_nesting)
-    fit_svi(problem, guide, settings, loss=loss, desc="perturbative")
+    steps = len(fit_svi(problem, guide, settings, loss=loss, desc="perturbative"))
     return export_guide(problem, guide, settings, {
-        "objective": f"PerturbativeELBO(order=3, S={PERTURBATIVE_PARTICLES})"})
+        "objective": f"PerturbativeELBO(order=3, S={PERTURBATIVE_PARTICLES})",
+        "svi_steps": steps})

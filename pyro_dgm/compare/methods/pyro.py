@@ -58,22 +58,22 @@ def run_nuts(problem: Problem, settings: Settings):
 @register_method("meanfield", kind="vi", description="AutoNormal: mean-field Gaussian ADVI")
 def run_meanfield(problem: Problem, settings: Settings):
     guide = AutoNormal(problem.model, init_loc_fn=init_to_median, init_scale=0.05)
-    fit_svi(problem, guide, settings, desc="meanfield")
-    return export_guide(problem, guide, settings)
+    steps = len(fit_svi(problem, guide, settings, desc="meanfield"))
+    return export_guide(problem, guide, settings, {"svi_steps": steps})
 
 
 @register_method("fullrank", kind="vi",
                  description="AutoMultivariateNormal: full-rank Gaussian ADVI")
 def run_fullrank(problem: Problem, settings: Settings):
     guide = AutoMultivariateNormal(problem.model, init_loc_fn=init_to_median, init_scale=0.05)
-    fit_svi(problem, guide, settings, desc="fullrank")
-    return export_guide(problem, guide, settings)
+    steps = len(fit_svi(problem, guide, settings, desc="fullrank"))
+    return export_guide(problem, guide, settings, {"svi_steps": steps})
 
 
 @register_method("laplace", kind="vi",
                  description="AutoLaplaceApproximation: MAP + inverse-Hessian Gaussian")
 def run_laplace(problem: Problem, settings: Settings):
     guide = AutoLaplaceApproximation(problem.model, init_loc_fn=init_to_median)
-    fit_svi(problem, guide, settings, loss=Trace_ELBO(), desc="laplace")
+    steps = len(fit_svi(problem, guide, settings, loss=Trace_ELBO(), desc="laplace"))
     laplace = guide.laplace_approximation(*problem.args, **problem.kwargs)
-    return export_guide(problem, laplace, settings)
+    return export_guide(problem, laplace, settings, {"svi_steps": steps})

@@ -8,11 +8,19 @@ Methods:
 - ``gibbs``: :class:`~pyro_dgm.inference.Gibbs` (exact conditionals of discrete sites, MH
   within Gibbs for continuous ones), vectorized chains;
 - ``hmc``: :class:`~pyro_dgm.inference.ChEESHMC`, :data:`HMC_CHAINS` chains in lockstep
-  from jittered MAP starts (:func:`~pyro_dgm.compare.methods.starts.map_start`; the prior
-  median where no MAP can be fitted), dense mass matrix.
+  from jittered MAP starts (:func:`~pyro_dgm.compare.methods.starts.jittered_starts`; the
+  prior median where no MAP can be fitted), dense mass matrix, with its own run sizes
+  (:func:`hmc_settings`). Every chain starts from the same MAP point (each with its own
+  jitter), so the report's nested R-hat groups the chains into
+  :data:`~pyro_dgm.defaults.NESTED_RHAT_SUPERCHAINS` superchains of consecutive chains (the
+  export's ``num_superchains``): an arbitrary partition of exchangeable chains, which
+  checks that many short chains agree (their warm-up forgot the jitter), not that distant
+  starts were forgotten.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from pyro import poutine
@@ -24,14 +32,15 @@ from pyro_dgm.compare.methods.fitting import run_vectorized
 from pyro_dgm.compare.methods.starts import jittered_starts
 from pyro_dgm.compare.registry import register_method
 from pyro_dgm.compare.settings import Problem, Settings
+from pyro_dgm.defaults import COMPARE_HMC_RUN, COMPARE_RUN, NESTED_RHAT_SUPERCHAINS
 from pyro_dgm.inference.chees import ChEESHMC
 from pyro_dgm.inference.gibbs import Gibbs
 from pyro_dgm.inference.random_walk_mh import RandomWalkMH
 
-__all__ = ["HMC_CHAINS", "MIN_MH_CHAINS"]
+__all__ = ["HMC_CHAINS", "MIN_MH_CHAINS", "hmc_settings"]
 
 #: chains of the ``hmc`` method: cross-chain adaptation wants many
-HMC_CHAINS = 64
+HMC_CHAINS = COMPARE_HMC_RUN["full"]["num_chains"]
 
 #: vectorized chains cost little more than one: random-walk MH runs at least this many
 MIN_MH_CHAINS = 32
@@ -62,9 +71,21 @@ def run_gibbs(problem: Problem, settings: Settings):
     return run_vectorized(kernel, problem, settings, settings.num_chains)
 
 
+def hmc_settings(settings: Settings) -> Settings:
+    """The ``hmc`` method's sizes: :data:`~pyro_dgm.defaults.COMPARE_HMC_RUN` of the run's
+    mode where ``settings`` has that mode's default MCMC sizes
+    (:data:`~pyro_dgm.defaults.COMPARE_RUN`), else ``settings`` as given."""
+    mode = "quick" if settings.quick else "full"
+    keys = ("num_chains", "num_warmup", "num_samples")
+    if all(getattr(settings, k) == COMPARE_RUN[mode][k] for k in keys):
+        return replace(settings, **COMPARE_HMC_RUN[mode])
+    return settings
+
+
 @register_method("hmc", kind="mcmc", description=f"ChEES-HMC, {HMC_CHAINS} chains in lockstep "
                  "from jittered MAP starts")
 def run_hmc(problem: Problem, settings: Settings):
+    settings = hmc_settings(settings)
     chains = max(settings.num_chains, HMC_CHAINS) if problem.vectorizable else \
         settings.num_chains
     kernel = ChEESHMC(problem.model, init_strategy=init_to_median,
@@ -73,5 +94,8 @@ def run_hmc(problem: Problem, settings: Settings):
     if init is not None and problem.vectorizable:
         kernel.initial_params = init
     idata = run_vectorized(kernel, problem, settings, chains)
-    set_attrs(idata, {"chain_start": start})
+    attrs = {"chain_start": start}
+    if chains >= 2 * NESTED_RHAT_SUPERCHAINS and chains % NESTED_RHAT_SUPERCHAINS == 0:
+        attrs["num_superchains"] = NESTED_RHAT_SUPERCHAINS
+    set_attrs(idata, attrs)
     return idata
