@@ -27,7 +27,8 @@ def test_an_explicit_num_steps_runs_exactly_that_many_steps():
 
 def test_stopping_early_keeps_the_table_within_monte_carlo_noise(monkeypatch):
     # fa-synthetic (300 x 6, 2 factors), mean-field ADVI; the rule with windows of 50 steps
-    # and tolerance 3e-4 (so it fires within seconds) against the whole cap of 400 steps.
+    # and tolerance 3e-4 (so it fires within seconds; then one cool-down window) against the
+    # whole cap of 400 steps.
     # The run from seed 0 that stops early takes the same steps as the full one until it
     # stops; the noise yardstick is a full run from seed 1: the optimizer's own noise
     # (Adam at this rate moves a location by up to 0.2-0.4 sd step to step) plus the
@@ -51,8 +52,9 @@ def test_stopping_early_keeps_the_table_within_monte_carlo_noise(monkeypatch):
     row = summarize(compare_posteriors(idatas, reference="full")).set_index("method")
     assert list(row["steps"]) == [400, steps, 400]
     early, noise = row.loc["early"], row.loc["seed1"]
+    # the mean over the 23 elements is the stable figure; the max of one element is noisier
     assert early["mean_abs_std_error"] < 1.5 * noise["mean_abs_std_error"]
-    assert early["max_abs_std_error"] < 1.5 * noise["max_abs_std_error"]
+    assert early["max_abs_std_error"] < 2.0 * noise["max_abs_std_error"]
     assert abs(early["median_sd_ratio"] - 1) < 0.1
 
 

@@ -41,6 +41,18 @@ def converged(losses: list[float], window: int, tol: float) -> bool:
     return abs(last - before) <= tol * max(abs(last), 1.0)
 
 
+def _cool_down(svi, losses: list[float], problem: Problem, final_lr: float,
+                steps: int) -> None:
+    """``steps`` more steps with the rate decayed geometrically to ``final_lr`` (where the
+    full schedule would have ended), so an early stop does not keep Adam's noise at a
+    high rate."""
+    for opt in svi.optim.optim_objs.values():
+        for group in opt.param_groups:
+            group["lrd"] = (final_lr / group["lr"]) ** (1.0 / steps)
+    for _ in range(steps):
+        losses.append(svi.step(*problem.args, **problem.kwargs))
+
+
 def fit_svi(
     problem: Problem,
     guide,
@@ -51,6 +63,7 @@ def fit_svi(
     num_steps: int | None = None,
     window: int | None = None,
     tol: float | None = None,
+    cooldown: bool = True,
     desc: str = "SVI",
 ) -> list[float]:
     """Optimize ``guide`` for ``problem`` with Adam, decaying the rate 10x over the step cap.
@@ -59,13 +72,17 @@ def fit_svi(
     (:func:`converged`): every ``window`` steps, once ``2 * window`` losses exist, it stops
     when the mean loss of the last ``window`` steps changed by at most ``tol`` (relative)
     against the ``window`` before; ``settings.num_steps`` is the cap. Defaults
-    :data:`pyro_dgm.defaults.SVI_WINDOW` and :data:`pyro_dgm.defaults.SVI_TOLERANCE`. An
+    :data:`pyro_dgm.defaults.SVI_WINDOW` and :data:`pyro_dgm.defaults.SVI_TOLERANCE`. With
+    ``cooldown`` (default) a stop is followed by one more window (within the cap) whose rate
+    decays geometrically to where the full schedule ends (a tenth of ``lr``): stopping at a
+    high rate keeps Adam's noise in the fit (on the default job, without the cool-down, the
+    mean-field table's mean abs std error against NUTS went from 0.062 to 0.171). An
     explicit ``num_steps`` runs exactly that many steps unless ``tol`` is given too.
 
     :param loss: a :class:`pyro.infer.ELBO`; default ``Trace_ELBO`` with 4 particles
         (vectorized when the problem allows it).
     :param window: steps per smoothing window; ``tol``: relative tolerance (``0`` turns the
-        rule off).
+        rule off); ``cooldown``: decay the rate over one more window after a stop.
     :return: the loss of every step taken (its length is the number of steps).
     """
     explicit = num_steps is not None
@@ -87,6 +104,8 @@ def fit_svi(
         if step % 100 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
         if tol > 0 and (step + 1) % window == 0 and converged(losses, window, tol):
+            if cooldown and num_steps > len(losses):
+                _cool_down(svi, losses, problem, lr * 0.1, min(window, num_steps - len(losses)))
             break
     bar.close()
     return losses
