@@ -156,12 +156,13 @@ class ChainModel:
         with torch.no_grad(), poutine.block(), init, self.plate():
             return poutine.trace(self.model).get_trace(*self.args, **self.kwargs)
 
-    def trace(self, values: dict[str, torch.Tensor]):
+    def trace(self, values: dict[str, torch.Tensor], grad: bool = False):
         """Run the model under the chain plate with latent sites conditioned on ``values``
-        (padded, constrained; discrete values are cast to the sites' dtypes)."""
+        (padded, constrained; discrete values are cast to the sites' dtypes); ``grad``: keep
+        the autograd graph (gradient-based kernels)."""
         data = {name: v.to(self.sites[name].dtype) if self.sites[name].discrete else v
                 for name, v in values.items()}
-        with torch.no_grad(), poutine.block(), self.plate():
+        with torch.set_grad_enabled(grad), poutine.block(), self.plate():
             return poutine.trace(poutine.condition(self.model, data=data)).get_trace(
                 *self.args, **self.kwargs)
 
@@ -177,9 +178,9 @@ class ChainModel:
                     f"...) with {ndim} dims; the model does not broadcast over a leading chain "
                     "dimension")
 
-    def log_joint(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Log joint density of every chain, shape ``(C,)``."""
-        trace = self.trace(values)
+    def log_joint(self, values: dict[str, torch.Tensor], grad: bool = False) -> torch.Tensor:
+        """Log joint density of every chain, shape ``(C,)`` (``grad``: see :meth:`trace`)."""
+        trace = self.trace(values, grad)
         total = 0.0
         for name in self.factors:
             total = total + site_log_prob(trace.nodes[name]).reshape(self.num_chains, -1).sum(-1)

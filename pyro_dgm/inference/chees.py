@@ -45,15 +45,12 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from pyro import poutine
 from pyro.infer.autoguide.initialization import init_to_uniform
 from pyro.infer.mcmc.util import initialize_model
 
 from pyro_dgm.inference.chain_model import (
     ChainModel,
     NotVectorizable,
-    describe_nonfinite,
-    site_log_prob,
 )
 from pyro_dgm.inference.chees_adaptation import ChEESAdapter, ChEESInfo, LaggedScalar
 from pyro_dgm.inference.mcmc import VectorizedKernel
@@ -141,26 +138,17 @@ class ChEESHMC(VectorizedKernel):
         if self.potential_fn is not None:
             init, potential = self._user_start(initial_params)
         else:
-            cm = ChainModel(self.model, args, kwargs or {}, num_chains,
-                            max_plate_nesting=self.max_plate_nesting)
-            for name, site in cm.sites.items():
-                if site.discrete:
-                    raise NotVectorizable(f"site {name!r} is discrete: HMC needs continuous "
-                                          "latent sites (use Gibbs, or NUTS to sum it out)")
-                if site.to_constrained is None:
-                    raise ValueError(f"site {name!r}: its support has no transform to "
-                                     "unconstrained space")
-                if self._user_transforms and name in self._user_transforms:
-                    site.to_constrained = self._user_transforms[name].inv
-            self.transforms = {name: s.to_constrained.inv for name, s in cm.sites.items()}
-            potential = _chain_potential(cm)
+            cm = self._continuous_chain_model(
+                args, kwargs, num_chains, "HMC needs continuous latent sites (use Gibbs, or "
+                "NUTS to sum it out)")
+            potential = self._chain_potential(cm, grad=True)
             init = self._chain_init(cm, potential, initial_params)
             try:  # one chain at a time, for chains whose model raises (none if data per chain)
                 single = ChainModel(self.model, args, kwargs or {}, 1,
                                     max_plate_nesting=self.max_plate_nesting)
                 for name, site in single.sites.items():
                     site.to_constrained = cm.sites[name].to_constrained
-                self._single = _chain_potential(single)
+                self._single = self._chain_potential(single, grad=True)
             except (NotVectorizable, RuntimeError, ValueError):
                 pass
         self._initial_params = init
@@ -174,22 +162,6 @@ class ChEESHMC(VectorizedKernel):
         with torch.no_grad():
             check_finite_start(self.potential_fn(init), lambda: "potential_fn")
         return init, self.potential_fn
-
-    def _chain_init(self, cm: ChainModel, potential, initial_params):
-        C = cm.num_chains
-        if initial_params is not None:
-            init = {k: v.detach() for k, v in initial_params.items()}
-            with torch.no_grad():
-                energy = potential(init)
-            check_finite_start(energy, lambda: describe_nonfinite(cm, {
-                k: cm.constrain(k, v)[0].reshape(cm.sites[k].padded) for k, v in init.items()}))
-            return init
-        values = cm.valid_init_values(self.init_strategy, what="ChEESHMC")
-        init = {k: cm.unconstrain(k, v).reshape((C,) + cm.sites[k].unconstrained_shape)
-                for k, v in values.items()}
-        with torch.no_grad():
-            check_finite_start(potential(init), lambda: "the log |Jacobian| of the transforms")
-        return init
 
     # -- the sampler proper (a batch of C >= 1 chains) -------------------------------------
     def _start(self, params: dict, potential, warmup_steps: int) -> None:
@@ -347,23 +319,3 @@ def _value_and_grad(potential, unflatten, z: torch.Tensor):
         energy = potential(unflatten(z))
         (grad,) = torch.autograd.grad(energy.sum(), z)
     return energy.detach(), grad
-
-
-def _chain_potential(cm: ChainModel):
-    """:math:`U` of every chain under the chain plate, differentiable (one model run)."""
-    sites, C = cm.sites, cm.num_chains
-
-    def potential(params: dict) -> torch.Tensor:
-        values, ladj = {}, 0.0
-        for name, u in params.items():
-            x, j = cm.constrain(name, u)
-            values[name] = x.reshape(sites[name].padded)
-            ladj = ladj + j.reshape(C, -1).sum(-1)
-        with poutine.block(), cm.plate():
-            trace = poutine.trace(poutine.condition(cm.model, data=values)).get_trace(
-                *cm.args, **cm.kwargs)
-        log_joint = sum(site_log_prob(trace.nodes[name]).reshape(C, -1).sum(-1)
-                        for name in cm.factors)
-        return -(log_joint + ladj)
-
-    return potential

@@ -44,7 +44,8 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from tqdm.auto import tqdm
 
 from pyro_dgm._validation import check_choice, check_int
-from pyro_dgm.inference.chain_model import NotVectorizable
+from pyro_dgm.inference.chain_model import ChainModel, NotVectorizable, describe_nonfinite
+from pyro_dgm.inference.metropolis import check_finite_start
 
 __all__ = ["CHAIN_METHODS", "MCMC", "VectorizedKernel"]
 
@@ -88,6 +89,65 @@ class VectorizedKernel(MCMCKernel):
 
     def diagnostics(self):
         return self.chain_diagnostics()[0]
+
+    def _continuous_chain_model(self, args: tuple, kwargs: dict, num_chains: int,
+                                hint: str) -> ChainModel:
+        """The :class:`ChainModel` of ``num_chains`` chains of a kernel that moves
+        continuous sites in unconstrained space; sets ``self.transforms``.
+
+        Uses the kernel's ``max_plate_nesting`` and its user ``_user_transforms`` (site ->
+        transform to unconstrained space) in place of the supports' bijections.
+
+        :param hint: what to use instead for a discrete site (ends the error message).
+        :raises NotVectorizable: a discrete latent site.
+        :raises ValueError: a support without a transform to unconstrained space.
+        """
+        cm = ChainModel(self.model, args, kwargs or {}, num_chains,
+                        max_plate_nesting=self.max_plate_nesting)
+        user = getattr(self, "_user_transforms", None) or {}
+        for name, site in cm.sites.items():
+            if site.discrete:
+                raise NotVectorizable(f"site {name!r} is discrete: {hint}")
+            if site.to_constrained is None:
+                raise ValueError(f"site {name!r}: its support has no transform to "
+                                 "unconstrained space")
+            if name in user:
+                site.to_constrained = user[name].inv
+        self.transforms = {name: s.to_constrained.inv for name, s in cm.sites.items()}
+        return cm
+
+    @staticmethod
+    def _chain_potential(cm: ChainModel, grad: bool = False):
+        """:math:`U(u) = -\\log p(T(u), x) - \\log|\\det J_T(u)|` of every chain, ``(C,)``,
+        from unconstrained ``{site: (C, *shape)}`` (one model run; ``grad``: differentiable)."""
+        sites = cm.sites
+
+        def potential(params: dict) -> torch.Tensor:
+            values, ladj = {}, 0.0
+            for name, u in params.items():
+                x, j = cm.constrain(name, u)
+                values[name] = x.reshape(sites[name].padded)
+                ladj = ladj + j.reshape(cm.num_chains, -1).sum(-1)
+            return -(cm.log_joint(values, grad=grad) + ladj)
+
+        return potential
+
+    def _chain_init(self, cm: ChainModel, potential, initial_params: dict | None) -> dict:
+        """Unconstrained start of every chain: ``initial_params`` (checked finite) or the
+        kernel's ``init_strategy`` (:meth:`ChainModel.valid_init_values`)."""
+        if initial_params is not None:
+            init = {k: v.detach() for k, v in initial_params.items()}
+            with torch.no_grad():
+                energy = potential(init)
+            check_finite_start(energy, lambda: describe_nonfinite(cm, {
+                k: cm.constrain(k, v)[0].reshape(cm.sites[k].padded) for k, v in init.items()}))
+            return init
+        values = cm.valid_init_values(self.init_strategy, what=type(self).__name__)
+        init = {k: cm.unconstrain(k, v).reshape((cm.num_chains,) + cm.sites[k].unconstrained_shape)
+                for k, v in values.items()}
+        with torch.no_grad():
+            check_finite_start(potential(init), lambda: "the log |Jacobian| of the transforms")
+        return init
 
     # -- the chains' parameters as one (C, D) tensor ---------------------------------------
     def _set_layout(self, params: dict) -> None:

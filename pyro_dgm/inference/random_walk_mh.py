@@ -53,9 +53,6 @@ from pyro_dgm.inference.chain_health import (
     warn_chain_health,
 )
 from pyro_dgm.inference.chain_model import (
-    ChainModel,
-    NotVectorizable,
-    describe_nonfinite,
     site_log_prob,
 )
 from pyro_dgm.inference.mcmc import VectorizedKernel
@@ -166,19 +163,9 @@ class RandomWalkMH(VectorizedKernel):
         if self.potential_fn is not None:
             init, potential = self._user_start(initial_params)
         else:
-            cm = ChainModel(self.model, args, kwargs, num_chains,
-                            max_plate_nesting=self.max_plate_nesting)
-            for name, site in cm.sites.items():
-                if site.discrete:
-                    raise NotVectorizable(
-                        f"site {name!r} is discrete: vectorized RandomWalkMH cannot enumerate "
-                        "it (use Gibbs, or one chain per process)")
-                if site.to_constrained is None:
-                    raise ValueError(f"site {name!r}: its support {site.to_constrained} has "
-                                     "no transform to unconstrained space")
-                if self._user_transforms and name in self._user_transforms:
-                    site.to_constrained = self._user_transforms[name].inv
-            self.transforms = {name: s.to_constrained.inv for name, s in cm.sites.items()}
+            cm = self._continuous_chain_model(
+                args, kwargs, num_chains, "vectorized RandomWalkMH cannot enumerate it (use "
+                "Gibbs, or one chain per process)")
             self._shared_target = not per_chain_data(cm)
             potential = self._chain_potential(cm)
             init = self._chain_init(cm, potential, initial_params)
@@ -200,39 +187,6 @@ class RandomWalkMH(VectorizedKernel):
         with torch.no_grad():
             energy = potential(init)
         check_finite_start(energy, where)
-
-    def _chain_potential(self, cm: ChainModel):
-        sites = cm.sites
-
-        def potential(params):
-            values, ladj = {}, 0.0
-            for name, u in params.items():
-                x, j = cm.constrain(name, u)
-                values[name] = x.reshape(sites[name].padded)
-                ladj = ladj + j.reshape(cm.num_chains, -1).sum(-1)
-            return -(cm.log_joint(values) + ladj)
-
-        return potential
-
-    def _chain_init(self, cm: ChainModel, potential, initial_params):
-        C = cm.num_chains
-
-        def unconstrained(values):
-            return {k: cm.unconstrain(k, v).reshape((C,) + cm.sites[k].unconstrained_shape)
-                    for k, v in values.items()}
-
-        def constrained(params):
-            return {k: cm.constrain(k, v)[0].reshape(cm.sites[k].padded)
-                    for k, v in params.items()}
-
-        if initial_params is not None:
-            init = {k: v.detach() for k, v in initial_params.items()}
-            self._check_start(potential, init, lambda: describe_nonfinite(cm, constrained(init)))
-            return init
-        init = unconstrained(cm.valid_init_values(self.init_strategy, what="RandomWalkMH"))
-        if not bool(torch.isfinite(potential(init)).all()):
-            raise ValueError("RandomWalkMH: non-finite log |Jacobian| at the initial point")
-        return init
 
     # -- the sampler proper (a batch of C >= 1 chains) -------------------------------------
     def _start(self, params: dict, potential, warmup_steps: int) -> None:
