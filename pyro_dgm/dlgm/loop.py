@@ -46,7 +46,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pyro
@@ -62,6 +62,7 @@ from pyro_dgm.dlgm.config import TrainConfig, check_device, load_data
 from pyro_dgm.dlgm.guides import build, build_objective
 from pyro_dgm.dlgm.rundir import check_run_dir, clear_run_dir, new_identity, write_run_file
 from pyro_dgm.dlgm.strategy import LocalStrategy, Strategy
+from pyro_dgm.inference import NonFiniteLossError
 from pyro_dgm.models.dlgm import DLGM
 
 __all__ = ["PLOT_EVERY", "TrainResult", "train"]
@@ -150,6 +151,14 @@ def _blew_up(error: ValueError, params: list, stepped: bool) -> bool:
     return stepped and str(error).startswith("Expected parameter")
 
 
+def _check_finite(losses: list, epoch: int, lr: float) -> None:
+    """Raise the divergence message naming the first step whose loss is not finite."""
+    if losses:
+        bad = torch.isfinite(torch.stack(losses)).logical_not().nonzero()
+        if len(bad):
+            raise _diverged(epoch, int(bad[0]), lr)
+
+
 def _step(step_module, optimizer, x, idx, params, epoch: int, step: int,
           lr: float) -> torch.Tensor:
     """One optimizer step; a non-finite loss or parameters raise the project's message."""
@@ -157,6 +166,8 @@ def _step(step_module, optimizer, x, idx, params, epoch: int, step: int,
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         try:
             loss = step_module(x, subsample=idx)
+        except NonFiniteLossError:  # the project's objectives say so themselves
+            raise _diverged(epoch, step, lr) from None
         except ValueError as e:  # Pyro's validation of a distribution built from NaN
             if _blew_up(e, params, stepped=epoch > 0 or step > 0):
                 raise _diverged(epoch, step, lr) from None
@@ -164,10 +175,7 @@ def _step(step_module, optimizer, x, idx, params, epoch: int, step: int,
         optimizer.zero_grad()
         loss.backward()
     optimizer.step()  # after the (collective) backward: every process gets here
-    loss = loss.detach()
-    if not bool(torch.isfinite(loss)):
-        raise _diverged(epoch, step, lr)
-    return loss
+    return loss.detach()  # checked once per epoch (no host sync per step)
 
 
 def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
@@ -199,12 +207,12 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     strategy = LocalStrategy() if strategy is None else strategy
     try:
         config, state = _resolve(config, out, resume, overwrite)
+        # the row count from a CPU load: nothing touches a GPU before the strategy has
+        # chosen this process's device (e.g. "cuda" -> "cuda:<local rank>")
+        num_data = len(load_data(replace(config, device="cpu"), 0, "train"))
+        config.device = strategy.start(device=config.device, batch_size=config.batch_size,
+                                       num_data=num_data)
         x0 = load_data(config, 0, "train")  # its own generators: no global random state
-        device = strategy.start(device=config.device, batch_size=config.batch_size,
-                                num_data=len(x0))
-        if device != config.device:  # e.g. "cuda" -> "cuda:<local rank>"
-            config.device = device
-            x0 = load_data(config, 0, "train")
         with pyro.settings.context(module_local_params=True):
             return _loop(config, out, state, x0, strategy, progress, overwrite)
     except Exception as error:
@@ -254,12 +262,17 @@ def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.T
         x = x0 if epoch == 0 or config.binarize == "fixed" or config.data != "digits" \
             else load_data(config, epoch, "train")
         g = torch.Generator().manual_seed(config.seed * 7919 + epoch)
-        total, count = torch.zeros((), dtype=x.dtype, device=x.device), 0
+        losses = []
         for step, idx in enumerate(strategy.index_batches(epoch, num_data, g)):
-            total = total + _step(step_module, optimizer, x, idx.to(x.device), params,
-                                  epoch, step, config.lr)
-            count += 1
-        total = strategy.reduce(total)
+            try:
+                losses.append(_step(step_module, optimizer, x, idx.to(x.device), params,
+                                    epoch, step, config.lr))
+            except ValueError:  # caused by an earlier non-finite loss: name that step
+                _check_finite(losses, epoch, config.lr)
+                raise
+        count = len(losses)
+        _check_finite(losses, epoch, config.lr)  # one host sync per epoch
+        total = strategy.reduce(torch.stack(losses).sum() if losses else x.new_zeros(()))
         with torch.no_grad():
             try:
                 with warnings.catch_warnings():
