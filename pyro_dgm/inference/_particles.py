@@ -262,9 +262,6 @@ class ParticleObjective(ELBO):
     Subclasses implement :meth:`_bound`, the (scaled) lower bound as a differentiable
     scalar, from :class:`Particles`."""
 
-    #: name used in error messages
-    _what = "objective"
-
     def __init__(self, num_particles: int, *, vectorize_particles: bool = True,
                  max_plate_nesting: float = float("inf"), retain_graph: bool | None = None):
         num_particles = check_int("num_particles", num_particles, minimum=1)

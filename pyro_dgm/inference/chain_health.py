@@ -45,6 +45,8 @@ from typing import NamedTuple
 import torch
 from pyro.distributions import Unit
 
+from pyro_dgm.inference.model_info import is_deterministic
+
 __all__ = ["MIN_DRAWS", "MODE_MADS", "MODE_MARGIN", "STUCK_ACCEPTANCE", "ChainHealth",
            "ChainHealthWarning", "chain_health", "main_group", "per_chain_data",
            "warn_chain_health"]
@@ -119,7 +121,7 @@ def per_chain_data(chain_model) -> bool:
     nesting = chain_model.max_plate_nesting
     for name, node in trace.nodes.items():
         if (node["type"] != "sample" or not node["is_observed"] or name in chain_model.sites
-                or node["infer"].get("_deterministic", False)
+                or is_deterministic(node)
                 or isinstance(node["fn"], Unit)):
             continue
         value = node["value"]

@@ -54,7 +54,7 @@ from pyro_dgm.inference.chain_model import (
 )
 from pyro_dgm.inference.chees_adaptation import ChEESAdapter, ChEESInfo, LaggedScalar
 from pyro_dgm.inference.mcmc import VectorizedKernel
-from pyro_dgm.inference.metropolis import MHState, check_finite_start, mh_step
+from pyro_dgm.inference.metropolis import MHState, mh_step
 
 __all__ = ["ChEESHMC", "MAX_DELTA_ENERGY"]
 
@@ -154,15 +154,6 @@ class ChEESHMC(VectorizedKernel):
         self._initial_params = init
         self._start(init, potential, warmup_steps)
 
-    def _user_start(self, initial_params: dict | None):
-        if initial_params is None:
-            raise ValueError("initial_params: required when ChEESHMC is given a potential_fn")
-        self.transforms = self._user_transforms or {}
-        init = {k: v.detach() for k, v in initial_params.items()}
-        with torch.no_grad():
-            check_finite_start(self.potential_fn(init), lambda: "potential_fn")
-        return init, self.potential_fn
-
     # -- the sampler proper (a batch of C >= 1 chains) -------------------------------------
     def _start(self, params: dict, potential, warmup_steps: int) -> None:
         self._set_layout(params)
@@ -247,6 +238,7 @@ class ChEESHMC(VectorizedKernel):
             self._lagged.push(self.adapter.ratio(self._state))
             self._accept_sum += info.accept_prob.mean()
         else:
+            self._accept_sum += info.accept_prob.mean()
             self._records.append((info.accept_prob, torch.where(info.accepted, h1, h0),
                                   diverging, n))
         self._t += 1
@@ -258,6 +250,7 @@ class ChEESHMC(VectorizedKernel):
         self._step_size = self.adapter.step_size_of(self._state, final=True)
         self._scale = self._state.scale
         self._ratio = float(self.adapter.ratio(self._state, final=True))
+        self._accept_sum = torch.zeros_like(self._accept_sum)  # from now on: sampling only
 
     def sample(self, params):
         """One HMC iteration from ``params`` (batched under vectorized chains)."""
@@ -284,9 +277,8 @@ class ChEESHMC(VectorizedKernel):
         return float(self.adapter.length_of(self._state, final=self._t >= self._warmup_steps))
 
     def logging(self):
-        done = max(min(self._t, self._warmup_steps), 1)
-        rate = (float(self._accept_sum) / done if self._t <= self._warmup_steps
-                else float(torch.stack([r[0] for r in self._records]).mean()))
+        done = self._t if self._t < self._warmup_steps else self._t - self._warmup_steps
+        rate = float(self._accept_sum) / max(done, 1)  # running sums: O(1) per call
         return OrderedDict([("step size", f"{self.step_size:.2e}"),
                             ("traj. length", f"{self.trajectory_length:.2e}"),
                             ("acc. prob", f"{rate:.3f}")])

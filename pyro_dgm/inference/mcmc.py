@@ -137,17 +137,31 @@ class VectorizedKernel(MCMCKernel):
         kernel's ``init_strategy`` (:meth:`ChainModel.valid_init_values`)."""
         if initial_params is not None:
             init = {k: v.detach() for k, v in initial_params.items()}
-            with torch.no_grad():
-                energy = potential(init)
-            check_finite_start(energy, lambda: describe_nonfinite(cm, {
+            self._check_start(potential, init, lambda: describe_nonfinite(cm, {
                 k: cm.constrain(k, v)[0].reshape(cm.sites[k].padded) for k, v in init.items()}))
             return init
         values = cm.valid_init_values(self.init_strategy, what=type(self).__name__)
         init = {k: cm.unconstrain(k, v).reshape((cm.num_chains,) + cm.sites[k].unconstrained_shape)
                 for k, v in values.items()}
-        with torch.no_grad():
-            check_finite_start(potential(init), lambda: "the log |Jacobian| of the transforms")
+        self._check_start(potential, init, lambda: "the log |Jacobian| of the transforms")
         return init
+
+    def _user_start(self, initial_params: dict | None) -> tuple[dict, object]:
+        """Initial point and potential of a kernel given a ``potential_fn`` (checked finite)."""
+        if initial_params is None:
+            raise ValueError(f"initial_params: required when {type(self).__name__} is given a "
+                             "potential_fn")
+        self.transforms = self._user_transforms or {}
+        init = {k: v.detach() for k, v in initial_params.items()}
+        self._check_start(self.potential_fn, init, lambda: "potential_fn")
+        return init, self.potential_fn
+
+    @staticmethod
+    def _check_start(potential, init: dict, where) -> None:
+        """``potential(init)`` must be finite for every chain (one host sync, at set-up)."""
+        with torch.no_grad():
+            energy = potential(init)
+        check_finite_start(energy, where)
 
     # -- the chains' parameters as one (C, D) tensor ---------------------------------------
     def _set_layout(self, params: dict) -> None:

@@ -56,7 +56,7 @@ from pyro_dgm.inference.chain_model import (
     site_log_prob,
 )
 from pyro_dgm.inference.mcmc import VectorizedKernel
-from pyro_dgm.inference.metropolis import MHState, check_finite_start, mh_step
+from pyro_dgm.inference.metropolis import MHState, mh_step
 
 __all__ = ["RandomWalkMH"]
 
@@ -171,22 +171,6 @@ class RandomWalkMH(VectorizedKernel):
             init = self._chain_init(cm, potential, initial_params)
         self._initial_params = init
         self._start(init, potential, warmup_steps)
-
-    def _user_start(self, initial_params: dict | None):
-        """Initial point and potential of a ``potential_fn`` kernel (checked finite)."""
-        if initial_params is None:
-            raise ValueError("initial_params: required when RandomWalkMH is given a "
-                             "potential_fn")
-        self.transforms = self._user_transforms or {}
-        init = {k: v.detach() for k, v in initial_params.items()}
-        self._check_start(self.potential_fn, init, lambda: "potential_fn")
-        return init, self.potential_fn
-
-    @staticmethod
-    def _check_start(potential, init: dict, where) -> None:
-        with torch.no_grad():
-            energy = potential(init)
-        check_finite_start(energy, where)
 
     # -- the sampler proper (a batch of C >= 1 chains) -------------------------------------
     def _start(self, params: dict, potential, warmup_steps: int) -> None:
