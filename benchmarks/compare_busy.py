@@ -60,8 +60,9 @@ def main(argv=None) -> dict:
                                                         / results["busy_threads_cores_s"])
     return emit("compare_busy", results, ratios, out=args.out,
                 settings={"command": "pyro-dgm compare --quick", "busy_processes": 1,
-                          "threads": "compare default (cores / chains)",
-                          "goal_busy_s": 60})
+                          # compare's default: cores / chains (the quick job's 2 NUTS chains)
+                          "threads_default": max(1, (os.cpu_count() or 1) // 2),
+                          "threads_forced": os.cpu_count() or 1, "goal_busy_s": 60})
 
 
 if __name__ == "__main__":

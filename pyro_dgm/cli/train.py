@@ -145,11 +145,7 @@ def _config(args: argparse.Namespace, given: dict):
         return config, args.resume, resume
     if given.get("data") == "digits-continuous" and "likelihood" not in given:
         given["likelihood"] = "gaussian"
-    try:
-        config = TrainConfig(**given).validate()
-    except ValueError as e:
-        field = str(e).split(" ", 1)[0]
-        raise ValueError(f"{_flag(field)}: {e}" if field in _FIELDS else str(e)) from None
+    config = TrainConfig(**given).validate()  # errors name their flag (cli._name_the_flag)
     try:
         check_run_dir(args.out, overwrite=args.overwrite)
     except ValueError as e:

@@ -151,6 +151,7 @@ def compare_posteriors(
     var_names: Sequence[str] | None = None,
     wall_times: Mapping[str, float] | None = None,
     derived: Mapping[str, Callable] | None = None,
+    psis: Mapping[str, dict] | None = None,
 ) -> pd.DataFrame:
     """Compare the marginals of several posteriors with a reference posterior.
 
@@ -166,6 +167,8 @@ def compare_posteriors(
         ``(chain, draw, ...)`` array (e.g. ``lambda p: p.mu + p.tau * p.eta``), computed for
         the posteriors that lack that variable (a reference exported without the model's
         ``pyro.deterministic`` sites, say); a posterior that has it keeps its own.
+    :param psis: method -> :func:`~pyro_dgm.compare.psis_summary` already computed (the
+        others are computed here).
     :raises ValueError: for an unknown reference or variable, posteriors that share no
         variable, a variable whose shape (past chain and draw) differs between methods
         (naming the variables and each method's shape), a posterior without
@@ -208,7 +211,7 @@ def compare_posteriors(
         nested = _nested(post, var_names) if kind == "mcmc" else {}
         steps = post.attrs.get("svi_steps", np.nan)
         wall = (wall_times or {}).get(method, idata.posterior.attrs.get("wall_time_s", np.nan))
-        psis = psis_summary(idata)
+        smoothed = (psis or {}).get(method) or psis_summary(idata)
         for label, values in draws.items():
             r = ref[label].ravel()
             v = values.ravel()
@@ -227,8 +230,8 @@ def compare_posteriors(
                 "r_hat": float(rhat[label].squeeze()) if label in rhat else np.nan,
                 "ess_bulk": float(ess[label].squeeze()) if label in ess else np.nan,
                 "nested_r_hat": float(nested[label]) if label in nested else np.nan,
-                "khat": psis["khat"],
-                "psis_ess": psis["psis_ess"],
+                "khat": smoothed["khat"],
+                "psis_ess": smoothed["psis_ess"],
                 "svi_steps": float(steps),
                 "wall_time_s": float(wall),
             })

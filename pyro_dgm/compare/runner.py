@@ -34,7 +34,7 @@ from pyro_dgm.compare.psis import psis_resample, psis_summary
 from pyro_dgm.compare.registry import METHODS, MODELS, MethodEntry
 from pyro_dgm.compare.report import compare_posteriors, summarize
 from pyro_dgm.compare.report_dir import ReportDir
-from pyro_dgm.compare.settings import Settings, default_settings, num_threads
+from pyro_dgm.compare.settings import Settings, default_settings, num_threads, num_warmup
 from pyro_dgm.defaults import COMPARE_METHODS, COMPARE_MODEL, COMPARE_REFERENCE
 
 __all__ = [
@@ -190,11 +190,12 @@ def _run(model, model_entry, entries, reference, settings, staging, log) -> Comp
         if path is not None:
             files.append(path / f"{entry.name}.nc")
             idata.to_netcdf(str(files[-1]))
-    table = compare_posteriors(idatas, reference, var_names=problem.var_names)
+    psis = {name: psis_summary(idata) for name, idata in idatas.items()}  # smoothed once
+    table = compare_posteriors(idatas, reference, var_names=problem.var_names, psis=psis)
     summary = summarize(table)
     result = ComparisonResult(table, summary, idatas, path, files, failures)
     if staging is not None:
-        _write_report(result, problem, reference, settings, run_id)
+        _write_report(result, problem, reference, settings, run_id, psis)
         staging.commit({"model": model, "methods": [e.name for e in entries],
                         "reference": reference, "seed": settings.seed})
         result.files = [staging.final(f) for f in result.files]
@@ -203,7 +204,7 @@ def _run(model, model_entry, entries, reference, settings, staging, log) -> Comp
 
 
 def _write_report(result: ComparisonResult, problem, reference: str, settings,
-                  run_id: str) -> None:
+                  run_id: str, psis: dict) -> None:
     path = result.out
     table, summary = result.table, result.summary
     for name, frame in [("comparison", table), ("summary", summary)]:
@@ -223,7 +224,7 @@ def _write_report(result: ComparisonResult, problem, reference: str, settings,
         f"- **{name}**: k̂ = {p['khat']:.2f} from {p['num_draws']} draws — {p['verdict']}"
         + (f" (these draws are PSIS-resampled, weights' ESS {p['psis_ess']:.0f})"
            if name.endswith(PSIS_SUFFIX) else "") + "\n"
-        for name, p in ((n, psis_summary(i)) for n, i in result.idatas.items()) if p["verdict"])
+        for name, p in psis.items() if p["verdict"])
     if verdicts:
         verdicts = ("## Can the VI be trusted without a reference? (PSIS k̂)\n\n"
                     "k̂ < 0.5: good; below the sample-size threshold (at most 0.7): usable "
@@ -232,7 +233,7 @@ def _write_report(result: ComparisonResult, problem, reference: str, settings,
     index = (
         f"# Posterior comparison: {problem.name}\n\n{problem.description}\n\n"
         f"Reference method: **{reference}**. Settings: {settings.num_chains} chain(s) x "
-        f"{settings.num_samples} draws after {settings.num_warmup} warm-up (`hmc`: its own "
+        f"{settings.num_samples} draws after {num_warmup(settings)} warm-up (`hmc`: its own "
         "sizes, `pyro_dgm.defaults.COMPARE_HMC_RUN`); "
         f"at most {settings.num_steps} SVI steps (stopped by the convergence rule: the "
         f"summary's `steps`); seed {settings.seed}; device {settings.device}; "
