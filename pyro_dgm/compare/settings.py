@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -41,6 +42,11 @@ class Problem:
     max_plate_nesting: int = 1
     #: let NUTS compile the potential with the PyTorch JIT
     jit_compile: bool = False
+    #: reference draws that come with the problem (an ``arviz.InferenceData`` whose
+    #: posterior has the model's site names and shapes, e.g. posteriordb's), or ``None``
+    reference: Any = None
+    #: where ``reference`` came from, in words (the report prints it)
+    reference_source: str = ""
 
 
 @dataclass(frozen=True)
