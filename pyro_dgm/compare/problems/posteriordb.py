@@ -49,7 +49,7 @@ PREFIX = "posteriordb:"
 #: posterior -> Problem options of its translation: ``vectorizable`` (broadcasts over
 #: leading particle/draw dimensions to the left of its plates) and ``max_plate_nesting``
 MODEL_OPTIONS: dict[str, dict] = {
-    "arma-arma11": {"vectorizable": False, "max_plate_nesting": 1},
+    "arma-arma11": {"vectorizable": True, "max_plate_nesting": 1},
     "earnings-logearn_interaction_z": {"vectorizable": False, "max_plate_nesting": 1},
     "gp_pois_regr-gp_regr": {"vectorizable": False, "max_plate_nesting": 1},
     "kidiq-kidscore_momiq": {"vectorizable": False, "max_plate_nesting": 1},
