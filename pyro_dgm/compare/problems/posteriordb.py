@@ -47,15 +47,17 @@ __all__ = ["MODEL_OPTIONS", "REFERENCE_SOURCE", "posteriordb_problem", "referenc
 PREFIX = "posteriordb:"
 
 #: posterior -> Problem options of its translation: ``vectorizable`` (broadcasts over
-#: leading particle/draw dimensions to the left of its plates) and ``max_plate_nesting``
+#: leading particle/draw dimensions to the left of its plates) and ``max_plate_nesting``.
+#: ``True`` where the vectorized-scoring test passed on the translation (checked against
+#: the translations of the pdb-models branches); ``False`` until then
 MODEL_OPTIONS: dict[str, dict] = {
     "arma-arma11": {"vectorizable": True, "max_plate_nesting": 1},
-    "earnings-logearn_interaction_z": {"vectorizable": False, "max_plate_nesting": 1},
-    "gp_pois_regr-gp_regr": {"vectorizable": False, "max_plate_nesting": 1},
-    "kidiq-kidscore_momiq": {"vectorizable": False, "max_plate_nesting": 1},
-    "mesquite-logmesquite_logvas": {"vectorizable": False, "max_plate_nesting": 1},
-    "nes2000-nes": {"vectorizable": False, "max_plate_nesting": 1},
-    "bball_drive_event_0-hmm_drive_0": {"vectorizable": False, "max_plate_nesting": 1},
+    "earnings-logearn_interaction_z": {"vectorizable": True, "max_plate_nesting": 1},
+    "gp_pois_regr-gp_regr": {"vectorizable": True, "max_plate_nesting": 1},
+    "kidiq-kidscore_momiq": {"vectorizable": True, "max_plate_nesting": 1},
+    "mesquite-logmesquite_logvas": {"vectorizable": True, "max_plate_nesting": 1},
+    "nes2000-nes": {"vectorizable": True, "max_plate_nesting": 1},
+    "bball_drive_event_0-hmm_drive_0": {"vectorizable": True, "max_plate_nesting": 1},
     "mcycle_gp-accel_gp": {"vectorizable": False, "max_plate_nesting": 1},
 }
 
