@@ -35,18 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pyro_dgm.data.posteriordb import parse_stan_index
+from pyro_dgm.data.posteriordb import parse_stan_index, posteriordb_names
 
-POSTERIORS = (
-    "arma-arma11",
-    "earnings-logearn_interaction_z",
-    "gp_pois_regr-gp_regr",
-    "kidiq-kidscore_momiq",
-    "mesquite-logmesquite_logvas",
-    "nes2000-nes",
-    "bball_drive_event_0-hmm_drive_0",
-    "mcycle_gp-accel_gp",
-)
+POSTERIORS = tuple(posteriordb_names())
 THIN = 10  # 1,000 draws per chain -> 100
 _DB = "posterior_database"
 

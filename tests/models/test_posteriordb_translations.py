@@ -34,31 +34,22 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from posteriordb_checks import require_bundle, translation
 from pyro.poutine.util import site_is_subsample
 
 from pyro_dgm.compare.problems.posteriordb import MODEL_OPTIONS
 from pyro_dgm.data import posteriordb as pdb
 from pyro_dgm.data.arrays import to_tensors
-from pyro_dgm.models.posteriordb import POSTERIORS, posterior_model
+from pyro_dgm.models.posteriordb import POSTERIORS
 
 
 def _fixture(name: str) -> dict:
-    if not pdb.posteriordb_available():
-        pytest.skip("no posteriordb bundle found (see docs/posteriordb.md)")
+    require_bundle()
     path = pdb.posteriordb_dir() / "fixtures" / f"{name}.json"
     if not path.is_file():
         pytest.skip(f"{name}: no Stan log-density fixture at {path}")
     return json.loads(path.read_text())
 
-
-def _translation(name: str):
-    module = f"pyro_dgm.models.posteriordb.{POSTERIORS[name].split(':')[0]}"
-    try:
-        return posterior_model(name)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        pytest.skip(f"{name}: translation {module} not written yet")
 
 
 def _log_joint(model, data: dict, values: dict) -> torch.Tensor:
@@ -77,7 +68,7 @@ def _draws(fixture: dict, index) -> dict:
 @pytest.mark.parametrize("name", list(POSTERIORS))
 def test_log_density_matches_stan_up_to_a_constant(name):
     fixture = _fixture(name)
-    model = _translation(name)
+    model = translation(name)
     data = to_tensors(pdb.load_posteriordb_data(name), dtype=torch.float64)
     stan = np.asarray(fixture["log_density"])
     pyro_lp = np.array([float(_log_joint(model, data, _draws(fixture, i)))
@@ -111,7 +102,7 @@ def test_vectorized_log_density_matches_draw_by_draw(name):
     """Posteriors marked ``vectorizable`` in the comparison: the model under a plate of the
     20 draws to the left of its plates scores each draw as the draw-by-draw trace does."""
     fixture = _fixture(name)
-    model = _translation(name)
+    model = translation(name)
     data = to_tensors(pdb.load_posteriordb_data(name), dtype=torch.float64)
     nesting = MODEL_OPTIONS[name]["max_plate_nesting"]
     shapes = {k: p.shape for k, p in pdb.posteriordb_parameters(name).items()}
