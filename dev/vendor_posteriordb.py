@@ -10,6 +10,7 @@ read at ``HEAD``) and writes, into ``--out``:
   10 chains x 100 (every 10th draw), placed by Stan's 1-based index into arrays of shape
   ``(chains, draws, *declared_shape)``. Transformed parameters and generated quantities are
   dropped.
+- ``README.md`` (credit) and ``LICENSE-posteriordb.md`` (posteriordb's licence);
 - ``manifest.json``: per posterior, the data and parameter declarations (name, Stan type,
   dimension expressions), whether reference draws are stored, and the provenance.
 - with ``--with-stan-source``: ``stan/<model>.stan``, the Stan programs.
@@ -199,6 +200,14 @@ def vendor(source: Source, out: Path, with_stan: bool) -> dict:
             "reference_shape": ([len(draws), len(draws[0][next(iter(draws[0]))][::THIN])]
                                 if draws is not None else None)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (out / "README.md").write_text(
+        f"# posteriordb bundle\n\nEight posteriors of posteriordb (stan-dev/posteriordb, "
+        f"commit {source.commit[:7]}; Magnusson, Bürkner & Vehtari), BSD-3-Clause, "
+        f"Copyright (c) 2011-2024 Stan Developers and their Assignees: see "
+        f"LICENSE-posteriordb.md.\n\nTaken: each posterior's data (typed by the Stan data "
+        f"block) and its reference draws (parameters block only), thinned evenly from 10 "
+        f"chains x 1,000 to 10 x 100 (every {THIN}th draw). Built by pyro_dgm's "
+        f"dev/vendor_posteriordb.py; read by pyro_dgm.data.posteriordb.\n")
     licence = source.read("LICENCE.md")
     if licence is not None:
         (out / "LICENSE-posteriordb.md").write_bytes(licence)
