@@ -58,7 +58,7 @@ MODEL_OPTIONS: dict[str, dict] = {
     "mesquite-logmesquite_logvas": {"vectorizable": True, "max_plate_nesting": 1},
     "nes2000-nes": {"vectorizable": True, "max_plate_nesting": 1},
     "bball_drive_event_0-hmm_drive_0": {"vectorizable": True, "max_plate_nesting": 1},
-    "mcycle_gp-accel_gp": {"vectorizable": False, "max_plate_nesting": 1},
+    "mcycle_gp-accel_gp": {"vectorizable": True, "max_plate_nesting": 1},
 }
 
 #: where the reference draws come from (``{name}`` filled in)
