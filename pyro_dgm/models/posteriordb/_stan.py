@@ -15,7 +15,11 @@ the argument that does not fit (never a silent ``NaN`` later):
   ``ValueError`` naming ``x`` where Stan would stop on a ``-inf``/``NaN`` (``x <= 0``);
 - :func:`flat` — Stan's implicit prior on a parameter without a ``~`` statement: uniform on
   the parameter's support, the improper :class:`~pyro.distributions.ImproperUniform`
-  (``real`` → ``constraints.real``, ``real<lower=0>`` → ``constraints.positive``).
+  (``real`` → ``constraints.real``, ``real<lower=0>`` → ``constraints.positive``). It
+  cannot be sampled, so Pyro's own init strategies (``init_to_uniform``, ``init_to_median``,
+  ... which draw from the prior first) fail on it: start Pyro's ``NUTS`` with
+  ``init_to_value(values=..., fallback=init_to_uniform)``; pyro_dgm's kernels and
+  comparison methods start such sites at a point of their support by themselves.
 
 Densities are measured in the constrained space (no Jacobian), as Stan's ``log_prob`` with
 ``jacobian=False``; :mod:`pyro.infer` adds the Jacobian of its own transforms.

@@ -44,6 +44,12 @@ Oliver Järnefelt, from stan-dev/example-models ``ARM/Ch.3/kidscore_momiq.stan``
 (A. Gelman and J. Hill, *Data Analysis Using Regression and Multilevel/Hierarchical
 Models*, Cambridge University Press, 2007).
 
+With Pyro's ``NUTS``, start the flat-prior sites from a value (they cannot be drawn)::
+
+    >>> init = init_to_value(values={"beta": torch.zeros(2), "sigma": torch.tensor(1.0)},
+    ...                      fallback=init_to_uniform)
+    >>> NUTS(kidscore_momiq, max_plate_nesting=1, init_strategy=init)
+
 Example::
 
     >>> values = {"beta": torch.tensor([26.0, 0.6]), "sigma": torch.tensor(18.0)}

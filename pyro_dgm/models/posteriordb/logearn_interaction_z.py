@@ -46,6 +46,12 @@ added by Oliver Järnefelt, from stan-dev/example-models ``ARM/Ch.4/logearn_inte
 (A. Gelman and J. Hill, *Data Analysis Using Regression and Multilevel/Hierarchical
 Models*, Cambridge University Press, 2007).
 
+With Pyro's ``NUTS``, start the flat-prior sites from a value (they cannot be drawn)::
+
+    >>> init = init_to_value(values={"beta": torch.zeros(4), "sigma": torch.tensor(1.0)},
+    ...                      fallback=init_to_uniform)
+    >>> NUTS(logearn_interaction_z, max_plate_nesting=1, init_strategy=init)
+
 Example::
 
     >>> values = {"beta": torch.tensor([9.5, 0.1, 0.4, 0.1]), "sigma": torch.tensor(0.9)}

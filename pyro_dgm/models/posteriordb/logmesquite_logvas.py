@@ -46,6 +46,12 @@ added by Oliver Järnefelt, from stan-dev/example-models ``ARM/Ch.4/mesquite_vas
 (A. Gelman and J. Hill, *Data Analysis Using Regression and Multilevel/Hierarchical
 Models*, Cambridge University Press, 2007).
 
+With Pyro's ``NUTS``, start the flat-prior sites from a value (they cannot be drawn)::
+
+    >>> init = init_to_value(values={"beta": torch.zeros(7), "sigma": torch.tensor(1.0)},
+    ...                      fallback=init_to_uniform)
+    >>> NUTS(logmesquite_logvas, max_plate_nesting=1, init_strategy=init)
+
 Example::
 
     >>> data = pyro_dgm.data.arrays.to_tensors(mesquite_json)  # posteriordb's "mesquite"

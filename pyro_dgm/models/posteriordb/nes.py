@@ -43,6 +43,12 @@ Järnefelt, from stan-dev/example-models ``ARM/Ch.4/nes.stan`` (A. Gelman and J.
 *Data Analysis Using Regression and Multilevel/Hierarchical Models*, Cambridge University
 Press, 2007).
 
+With Pyro's ``NUTS``, start the flat-prior sites from a value (they cannot be drawn)::
+
+    >>> init = init_to_value(values={"beta": torch.zeros(9), "sigma": torch.tensor(1.0)},
+    ...                      fallback=init_to_uniform)
+    >>> NUTS(nes, max_plate_nesting=1, init_strategy=init)
+
 Example::
 
     >>> data = pyro_dgm.data.arrays.to_tensors(nes2000_json)  # posteriordb's "nes2000"
