@@ -72,11 +72,17 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except ValueError as e:  # object arrays need pickle, which is never allowed
-        raise ValueError(f"{path}: holds an array that is not numeric ({e})") from None
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle
+        raise zipfile.BadZipFile("not a zip archive as numpy.savez writes")
+    out = {}
+    with np.load(path, allow_pickle=False) as archive:
+        for name in archive.files:
+            try:
+                out[name] = archive[name]
+            except ValueError:  # object arrays need pickle, which is never allowed
+                raise ValueError(f"{path}: array {name!r} is not numeric (dtype object)") \
+                    from None
+    return out
 
 
 def _read_json(path: Path) -> dict[str, np.ndarray]:
