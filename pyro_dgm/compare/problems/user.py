@@ -12,8 +12,9 @@ The :class:`~pyro_dgm.compare.settings.Problem` compares every continuous latent
 (discrete ones are summed out by NUTS and have no draws to compare). Whether the model
 broadcasts over a leading particle dimension (vectorized ELBO particles, vectorized MCMC
 chains) is found by running it once under a two-element plate left of its own plates: if
-that run fails or a site's log density lacks the particle dimension, the methods evaluate
-one particle / chain at a time.
+that run fails, a site's log density lacks the particle dimension, or an element's log
+joint differs from the model's log joint at that element's values alone, the methods
+evaluate one particle / chain at a time.
 
 Every mistake found before sampling is a one-line :class:`ValueError` that starts with
 ``model:`` or ``data:`` (the CLI shows it as ``pyro-dgm compare: --model: ...``) and names
@@ -202,8 +203,8 @@ def _problem(name, spec, fn, arrays, data, settings: Settings, description) -> P
                          f"(latent sites: {list(info.latent) or 'none'})")
     nesting = info.max_plate_nesting
     return Problem(name, fn, kwargs=kwargs, var_names=var_names, description=description,
-                   vectorizable=_broadcasts(fn, kwargs, nesting), max_plate_nesting=nesting,
-                   jit_compile=False)
+                   vectorizable=_broadcasts(fn, kwargs, info.latent, nesting),
+                   max_plate_nesting=nesting, jit_compile=False)
 
 
 def _trace(fn, kwargs):
@@ -221,21 +222,39 @@ def _discrete_sites(fn, kwargs) -> set[str]:
             and not site_is_subsample(site) and site["fn"].support.is_discrete}
 
 
-def _broadcasts(fn, kwargs, nesting: int, size: int = 2) -> bool:
-    """Does ``fn`` run under a ``size``-element plate left of its ``nesting`` plates, every
-    sample site's log density carrying that dimension?"""
+def _broadcasts(fn, kwargs, latent: dict, nesting: int, size: int = 2) -> bool:
+    """Does ``fn`` broadcast over a ``size``-element plate left of its ``nesting`` plates?
+
+    It runs once under that plate (a prior draw per element); then every sample site's log
+    density must carry the plate's dimension, and each element's log joint must equal the
+    log joint of ``fn`` run alone at that element's values (a model that reads only the
+    first element, say, fails here though its shapes broadcast).
+    """
     dim = -(nesting + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trace = _trace(pyro.plate("_particles", size, dim=dim)(fn), kwargs)
             trace.compute_log_prob()
+            batched, values = 0.0, [{} for _ in range(size)]
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample" or site_is_subsample(site):
+                    continue
+                log_prob = site["log_prob"]
+                if log_prob.dim() < -dim or log_prob.shape[dim] != size:
+                    return False
+                batched = batched + log_prob.movedim(dim, 0).reshape(size, -1).sum(-1)
+                if name in latent:
+                    value = site["value"]
+                    if value.shape[:1] != (size,) or value[0].numel() != latent[name].numel():
+                        return False
+                    for i in range(size):
+                        values[i][name] = value[i].reshape(latent[name])
+            with torch.no_grad(), poutine.block():
+                alone = [poutine.trace(poutine.condition(fn, v)).get_trace(**kwargs)
+                         .log_prob_sum() for v in values]
     except Exception:  # the user's code failing batched: evaluate one at a time
         return False
-    for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        log_prob = site["log_prob"]
-        if log_prob.dim() < -dim or log_prob.shape[dim] != size:
-            return False
-    return True
+    alone = torch.stack(alone)
+    tol = 1e-6 if alone.dtype == torch.float64 else 1e-3
+    return bool(torch.allclose(batched, alone, rtol=tol, atol=tol))
