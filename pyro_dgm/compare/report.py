@@ -153,7 +153,8 @@ def _check_shapes(posts: Mapping[str, object], var_names: Sequence[str]) -> None
                          "without them, or export the methods from the same model")
 
 
-def _with_reference(idatas: Mapping[str, object], reference) -> tuple[dict, str, dict]:
+def _with_reference(idatas: Mapping[str, object], reference: str | arviz.InferenceData
+                    ) -> tuple[dict, str, dict]:
     """``(idatas with the reference, its name, name -> kind given here)``."""
     if isinstance(reference, str):
         if reference not in idatas:
@@ -170,7 +171,7 @@ def _with_reference(idatas: Mapping[str, object], reference) -> tuple[dict, str,
 
 def compare_posteriors(
     idatas: Mapping[str, object],
-    reference,
+    reference: str | arviz.InferenceData,
     *,
     var_names: Sequence[str] | None = None,
     wall_times: Mapping[str, float] | None = None,

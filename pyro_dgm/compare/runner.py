@@ -29,7 +29,7 @@ import pandas as pd
 import pyro
 import torch
 
-from pyro_dgm.compare._arviz import set_attrs
+from pyro_dgm.compare._arviz import arviz, set_attrs
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
 from pyro_dgm.compare.problems.user import model_entry
 from pyro_dgm.compare.psis import psis_resample, psis_summary
@@ -103,7 +103,7 @@ def run_comparison(
     model: str | ModelEntry = COMPARE_MODEL,
     methods: list[str] | None = None,
     *,
-    reference=None,
+    reference: str | arviz.InferenceData | None = None,
     out: str | os.PathLike | None = None,
     settings: Settings | None = None,
     overwrite: bool = False,
@@ -162,7 +162,8 @@ def run_comparison(
     return result
 
 
-def _reference(reference, problem: Problem, methods: list[str]):
+def _reference(reference: str | arviz.InferenceData | None, problem: Problem,
+               methods: list[str]) -> tuple[str, arviz.InferenceData | None, str]:
     """``(row name, external draws or None, source in words)`` of the comparison's
     reference (see :func:`run_comparison`)."""
     if reference is None:

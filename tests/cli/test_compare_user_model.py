@@ -134,3 +134,14 @@ def test_a_model_failing_on_its_data_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"--model: {py}:model: calling it with the data failed (KeyError: " in err
+
+
+def test_data_names_the_methods_take_themselves_are_refused(tmp_path, capsys):
+    py = tmp_path / "m.py"
+    py.write_text("def model(x, lp):\n    pass\n")
+    (tmp_path / "d.json").write_text('{"x": [1.0], "lp": [0.5]}')
+    code = main(["compare", "--model", f"{py}:model", "--data", str(tmp_path / "d.json"),
+                 "--out", str(tmp_path / "o"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--data: " in err and "array(s) 'lp' share a name with an option" in err

@@ -46,13 +46,23 @@ from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import site_is_subsample
 
+from pyro_dgm.compare.export import from_guide
 from pyro_dgm.compare.registry import MODELS, ModelEntry
 from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.data.arrays import to_tensors
 from pyro_dgm.data.files import load_arrays
+from pyro_dgm.inference.iwae import importance_resample
 from pyro_dgm.inference.model_info import data_like, model_info, point_strategy
 
-__all__ = ["file_model", "is_file_model", "load_model_function", "model_entry"]
+__all__ = ["RESERVED_NAMES", "file_model", "is_file_model", "load_model_function",
+           "model_entry"]
+
+#: names the methods pass beside the model's keyword data (``from_guide(model, guide, *args,
+#: num_samples=..., **data)``, likewise ``importance_resample``): no data array may take one
+RESERVED_NAMES = frozenset(
+    p.name for f in (from_guide, importance_resample)
+    for p in inspect.signature(f).parameters.values()
+    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def is_file_model(spec: str) -> bool:
@@ -123,8 +133,13 @@ def _first_line(e: BaseException) -> str:
 
 
 def _check_arguments(spec: str, fn: Callable, names: list[str], data) -> None:
-    """Every data name a keyword parameter of ``fn`` (unless it takes ``**kwargs``), and
-    every parameter without a default among them."""
+    """No data name among :data:`RESERVED_NAMES`, every one a keyword parameter of ``fn``
+    (unless it takes ``**kwargs``), and every parameter without a default among them."""
+    taken = [n for n in names if n in RESERVED_NAMES]
+    if taken:
+        raise ValueError(f"data: {data}: array(s) {', '.join(map(repr, taken))} share a name "
+                         "with an option the comparison passes beside the data (from_guide, "
+                         "importance_resample); rename them in the file and the model")
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # no signature to check (a builtin, say)
