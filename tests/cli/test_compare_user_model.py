@@ -125,23 +125,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, expected):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_model_failing_on_its_data_is_one_line(tmp_path, capsys):
-    py = tmp_path / "m.py"
-    py.write_text("def model(x):\n    raise KeyError('no such column')\n")
-    (tmp_path / "d.json").write_text('{"x": [1.0]}')
-    code = main(["compare", "--model", f"{py}:model", "--data", str(tmp_path / "d.json"),
+@pytest.mark.parametrize("source, data, expected", [
+    ("def model(x):\n    raise KeyError('no such column')\n", '{"x": [1.0]}',
+     "--model: {py}:model: calling it with the data failed (KeyError: "),
+    ("def model(x, lp):\n    pass\n", '{"x": [1.0], "lp": [0.5]}',
+     "--data: {d}: array(s) 'lp' share a name with an option"),
+], ids=["model-fails", "reserved-name"])
+def test_errors_found_when_the_model_meets_its_data(tmp_path, capsys, source, data, expected):
+    py, d = tmp_path / "m.py", tmp_path / "d.json"
+    py.write_text(source)
+    d.write_text(data)
+    code = main(["compare", "--model", f"{py}:model", "--data", str(d),
                  "--out", str(tmp_path / "o"), *TINY])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert f"--model: {py}:model: calling it with the data failed (KeyError: " in err
-
-
-def test_data_names_the_methods_take_themselves_are_refused(tmp_path, capsys):
-    py = tmp_path / "m.py"
-    py.write_text("def model(x, lp):\n    pass\n")
-    (tmp_path / "d.json").write_text('{"x": [1.0], "lp": [0.5]}')
-    code = main(["compare", "--model", f"{py}:model", "--data", str(tmp_path / "d.json"),
-                 "--out", str(tmp_path / "o"), *TINY])
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "--data: " in err and "array(s) 'lp' share a name with an option" in err
+    assert expected.format(py=py, d=d) in err
