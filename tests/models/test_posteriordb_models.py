@@ -23,7 +23,7 @@ from scipy import stats
 
 from pyro_dgm.data.arrays import to_tensors
 from pyro_dgm.models.posteriordb import posterior_model
-from pyro_dgm.models.posteriordb.arma11 import arma11, arma11_errors
+from pyro_dgm.models.posteriordb.arma11 import ARMA11, arma11, arma11_errors, arma11_series
 
 MIRROR = Path("/work/.mirror/stan-dev+posteriordb/repo")
 DRAWS = 5  # reference draws per posterior (first chain, evenly spaced)
@@ -110,7 +110,7 @@ def _np_nes(d, p):
 
 CASES = {
     # posterior: (parameter shapes, observed site, numpy log density)
-    "arma-arma11": ({"mu": (), "phi": (), "theta": (), "sigma": ()}, "err", _np_arma),
+    "arma-arma11": ({"mu": (), "phi": (), "theta": (), "sigma": ()}, "y", _np_arma),
     "earnings-logearn_interaction_z": ({"beta": (4,), "sigma": ()}, "log_earn",
                                        _np_earnings),
     "kidiq-kidscore_momiq": ({"beta": (2,), "sigma": ()}, "kid_score", _np_kidiq),
@@ -245,3 +245,24 @@ def test_bad_data_named():
     with pytest.raises(ValueError, match=r"^mom_iq: Stan declares it in \[0, 200\]"):
         poutine.condition(kid, data={"beta": torch.zeros(2), "sigma": torch.tensor(1.0)})(
             N=2, kid_score=torch.ones(2), mom_iq=torch.tensor([100.0, 250.0]))
+
+
+def test_arma_series_inverts_errors_and_samples():
+    """arma11_series inverts arma11_errors (|theta| < 1: no growth of rounding errors);
+    ARMA11.sample draws errors N(0, sigma) (checked through the errors of the sampled
+    series) for a batch of parameters."""
+    f64 = {"dtype": torch.float64}
+    mu, phi = torch.tensor([[0.5], [-2.0]], **f64), torch.tensor([[0.9], [-0.3]], **f64)
+    theta, sigma = torch.tensor([[0.8], [-0.4]], **f64), torch.tensor([[0.1], [3.0]], **f64)
+    err = torch.randn(2, 50, generator=torch.Generator().manual_seed(1), **f64)
+    series = arma11_series(err, mu, phi, theta)
+    torch.testing.assert_close(arma11_errors(series, mu, phi, theta), err, rtol=0, atol=1e-10)
+    pyro.set_rng_seed(0)
+    d = ARMA11(mu, phi, theta, sigma, 400)
+    y = d.sample((3,))
+    assert y.shape == (3, 2, 400) and d.batch_shape == (2, 400)
+    z = arma11_errors(y, mu, phi, theta) / sigma  # iid N(0, 1) if sampled right
+    assert abs(z.mean()) < 4 / (z.numel() ** 0.5) and abs(z.var() - 1) < 4 * (2 / z.numel())**0.5
+    torch.testing.assert_close(d.log_prob(y).sum(-1),
+                               torch.distributions.Normal(0, sigma).log_prob(z * sigma).sum(-1))
+    assert d.expand((5, 2, 400)).log_prob(y[0]).shape == (5, 2, 400)
