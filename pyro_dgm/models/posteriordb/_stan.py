@@ -14,12 +14,10 @@ the argument that does not fit (never a silent ``NaN`` later):
 - :func:`log_positive` — Stan's ``log(x)`` of positive data in ``transformed data``, with a
   ``ValueError`` naming ``x`` where Stan would stop on a ``-inf``/``NaN`` (``x <= 0``);
 - :func:`flat` — Stan's implicit prior on a parameter without a ``~`` statement: uniform on
-  the parameter's support, the improper :class:`~pyro.distributions.ImproperUniform`
-  (``real`` → ``constraints.real``, ``real<lower=0>`` → ``constraints.positive``). It
-  cannot be sampled, so Pyro's own init strategies (``init_to_uniform``, ``init_to_median``,
-  ... which draw from the prior first) fail on it: start Pyro's ``NUTS`` with
-  ``init_to_value(values=..., fallback=init_to_uniform)``; pyro_dgm's kernels and
-  comparison methods start such sites at a point of their support by themselves.
+  the parameter's support (``real`` → ``constraints.real``, ``real<lower=0>`` →
+  ``constraints.positive``), as a :class:`~pyro_dgm.models.posteriordb.improper.FlatPrior`:
+  an improper :class:`~pyro.distributions.ImproperUniform` whose ``sample`` gives a starting
+  point, so Pyro's init strategies and autoguides work on it.
 
 Densities are measured in the constrained space (no Jacobian), as Stan's ``log_prob`` with
 ``jacobian=False``; :mod:`pyro.infer` adds the Jacobian of its own transforms.
@@ -41,11 +39,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyro.distributions as dist
 import torch
 from pyro.distributions.constraints import Constraint
 
 from pyro_dgm._validation import check_int
+from pyro_dgm.models.posteriordb.improper import FlatPrior
 
 __all__ = ["flat", "log_positive", "stan_int", "stan_int_array", "stan_vector"]
 
@@ -111,7 +109,11 @@ def log_positive(name: str, value: torch.Tensor) -> torch.Tensor:
     return torch.log(value)
 
 
-def flat(support: Constraint, event_shape: tuple[int, ...] = ()) -> dist.ImproperUniform:
+def flat(support: Constraint, event_shape: tuple[int, ...] = (), *,
+         like: torch.Tensor | None = None) -> FlatPrior:
     """Stan's implicit prior on a parameter declared with ``support``: the improper uniform
-    density (``log_prob`` 0 on the support) with the parameter's ``event_shape``."""
-    return dist.ImproperUniform(support, torch.Size(), torch.Size(event_shape))
+    density (``log_prob`` 0 on the support) with the parameter's ``event_shape``, as a
+    :class:`~pyro_dgm.models.posteriordb.improper.FlatPrior` so that initialization can
+    draw a starting point; ``like`` (a data tensor) gives that point's device and, if it is
+    floating-point, its dtype."""
+    return FlatPrior(support, event_shape, like=like)

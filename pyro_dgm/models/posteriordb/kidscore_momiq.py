@@ -91,7 +91,7 @@ def kidscore_momiq(*, N: Any, kid_score: Any, mom_iq: Any, mom_hs: Any = None,
     """
     del mom_hs, mom_hs_new, mom_iq_new  # other models' data in the same file
     N = stan_int("N", N, minimum=0)
-    beta = pyro.sample("beta", flat(constraints.real, (2,)))
+    beta = pyro.sample("beta", flat(constraints.real, (2,), like=kid_score))
     kid_score = stan_vector("kid_score", kid_score, N, like=beta)
     mom_iq = stan_vector("mom_iq", mom_iq, N, like=beta)
     _check_bounds("kid_score", kid_score, 0, 200)

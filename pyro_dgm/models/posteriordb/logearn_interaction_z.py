@@ -83,8 +83,8 @@ def logearn_interaction_z(*, N: Any, earn: Any, height: Any, male: Any) -> None:
     :raises ValueError: naming the data item that does not fit.
     """
     N = stan_int("N", N, minimum=2)
-    beta = pyro.sample("beta", flat(constraints.real, (4,)))
-    sigma = pyro.sample("sigma", flat(constraints.positive))
+    beta = pyro.sample("beta", flat(constraints.real, (4,), like=earn))
+    sigma = pyro.sample("sigma", flat(constraints.positive, like=earn))
     earn = stan_vector("earn", earn, N, like=beta)
     height = stan_vector("height", height, N, like=beta)
     male = stan_vector("male", male, N, like=beta)

@@ -83,8 +83,8 @@ def logmesquite_logvas(*, N: Any, weight: Any, diam1: Any, diam2: Any, canopy_he
     :raises ValueError: naming the data item that does not fit.
     """
     N = stan_int("N", N, minimum=0)
-    beta = pyro.sample("beta", flat(constraints.real, (7,)))
-    sigma = pyro.sample("sigma", flat(constraints.positive))
+    beta = pyro.sample("beta", flat(constraints.real, (7,), like=weight))
+    sigma = pyro.sample("sigma", flat(constraints.positive, like=weight))
     weight, diam1, diam2, canopy_height, total_height, density, group = (
         stan_vector(name, value, N, like=beta) for name, value in (
             ("weight", weight), ("diam1", diam1), ("diam2", diam2),

@@ -83,8 +83,8 @@ def nes(*, N: Any, partyid7: Any, real_ideo: Any, race_adj: Any, educ1: Any, gen
     """
     del year  # in the data file, not in the Stan data block
     N = stan_int("N", N, minimum=0)
-    beta = pyro.sample("beta", flat(constraints.real, (9,)))
-    sigma = pyro.sample("sigma", flat(constraints.positive))
+    beta = pyro.sample("beta", flat(constraints.real, (9,), like=partyid7))
+    sigma = pyro.sample("sigma", flat(constraints.positive, like=partyid7))
     partyid7, real_ideo, race_adj, educ1, gender, income = (
         stan_vector(name, value, N, like=beta) for name, value in (
             ("partyid7", partyid7), ("real_ideo", real_ideo), ("race_adj", race_adj),
