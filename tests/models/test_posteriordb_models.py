@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 import subprocess
 import zipfile
 from pathlib import Path
@@ -266,3 +267,30 @@ def test_arma_series_inverts_errors_and_samples():
     torch.testing.assert_close(d.log_prob(y).sum(-1),
                                torch.distributions.Normal(0, sigma).log_prob(z * sigma).sum(-1))
     assert d.expand((5, 2, 400)).log_prob(y[0]).shape == (5, 2, 400)
+
+
+@pytest.mark.parametrize("posterior", sorted(CASES))
+def test_unconditioned_trace_follows_the_data_dtype(posterior, dtype):
+    """With Stan-typed data (reals as floats, as the posteriordb loader gives them), a trace
+    at prior draws / flat-prior starting points runs, in the data's dtype."""
+    data, _ = _load(posterior)
+    typed = {k: (v if k in ("N", "T", "age_discrete") else np.asarray(v, float))
+             for k, v in data.items()}
+    pyro.set_rng_seed(0)
+    trace = poutine.trace(posterior_model(posterior)).get_trace(
+        **to_tensors(typed, dtype=dtype))
+    trace.compute_log_prob()
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            assert site["value"].dtype == dtype and site["log_prob"].dtype == dtype, name
+            assert torch.isfinite(site["log_prob"]).all() or name == CASES[posterior][1], name
+
+
+def test_arma_overflow_gives_minus_infinity():
+    """Far out in theta the errors overflow (float32 from |theta| ~ 1.6): log density -inf,
+    no NaN and no validation error."""
+    y = torch.linspace(-1, 1, 200)
+    one = torch.ones(())
+    d = ARMA11(0 * one, 0.5 * one, 3.0 * one, one, 200)
+    lp = d.log_prob(y)
+    assert not lp.isnan().any() and lp.sum() == -math.inf
