@@ -100,8 +100,11 @@ def run_advi(mean, cov, seed: int, targets: dict, *, max_steps: int, check_every
     reached = {name: None for name in targets}
     history = []
     start = time.perf_counter()
+    diverged = False
     for step in range(1, max_steps + 1):
-        svi.step()
+        if not math.isfinite(svi.step()):  # this rate diverged: no point going on
+            diverged = True
+            break
         if step % check_every:
             continue
         with torch.no_grad():
@@ -115,8 +118,9 @@ def run_advi(mean, cov, seed: int, targets: dict, *, max_steps: int, check_every
                 reached[name] = step * particles
         if all(v is not None for v in reached.values()):
             break
+    last = history[-1] if history else (0, math.nan, math.nan)
     return {"grad_evals_to": reached, "steps_run": step, "seconds": time.perf_counter() - start,
-            "final_mean_err": history[-1][1], "final_sd_err": history[-1][2],
+            "diverged": diverged, "final_mean_err": last[1], "final_sd_err": last[2],
             "lr": lr, "particles": particles, "check_every": check_every,
             "final_lr_ratio": final_lr_ratio, "max_steps": max_steps}
 
