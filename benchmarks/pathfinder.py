@@ -40,6 +40,7 @@ from pyro.infer import SVI, JitTrace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 from benchmarks._common import emit, parser
+from benchmarks._pathfinder_diagnostics import diagnostics, kl_optimal_sd_err
 from pyro_dgm.inference import Pathfinder
 
 GOAL = (0.1, 0.1)  # mean within 0.1 sd, sds within 10 %
@@ -141,39 +142,6 @@ def best_advi(mean, cov, seed: int, targets: dict, *, lrs, max_steps: int,
             "runs": runs}
 
 
-def kl_optimal_sd_err(mean, cov, rank: int) -> dict:
-    """The Gaussian with covariance ``diag + rank-r`` closest to the target in
-    KL(q || p) (what an ELBO ranks by), found by L-BFGS on the exact KL; its largest
-    |sd ratio - 1|. Pathfinder's history-J Gaussians have this form with r = 2J, so no
-    ELBO-chosen member of them is better than this in KL."""
-    dim = mean.shape[0]
-    prec = torch.linalg.inv(cov)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    log_d = torch.zeros(dim, dtype=cov.dtype, device=cov.device, requires_grad=True)
-    factor = (0.1 * torch.randn(dim, rank, generator=gen, dtype=cov.dtype)).to(cov.device)
-    factor.requires_grad_(True)
-    opt = torch.optim.LBFGS([log_d, factor], max_iter=2000, tolerance_grad=1e-10,
-                            tolerance_change=1e-14, history_size=50,
-                            line_search_fn="strong_wolfe")
-
-    def kl():
-        c = prec @ (torch.diag(log_d.exp()) + factor @ factor.T)
-        return 0.5 * (torch.trace(c) - dim - torch.logdet(c))
-
-    def closure():
-        opt.zero_grad()
-        value = kl()
-        value.backward()
-        return value
-
-    for _ in range(5):
-        opt.step(closure)
-    with torch.no_grad():
-        sd = (log_d.exp() + (factor ** 2).sum(-1)).sqrt()
-        return {"rank": rank, "kl": float(kl()), "sd_err": errors(mean, sd, mean, cov)[1],
-                "min_sd_ratio": float((sd / cov.diagonal().sqrt()).min())}
-
-
 def main(argv=None):
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -219,6 +187,7 @@ def main(argv=None):
         if not quick and dim > 12:  # the best diag + rank-2J Gaussian in KL (J = 6, 12, 25)
             results[f"d{dim}"]["kl_optimal_diag_plus_low_rank"] = [
                 kl_optimal_sd_err(mean, cov, r) for r in (12, 24, 50)]
+            results[f"d{dim}"]["diagnostics"] = diagnostics(mean, cov, args.seed)
         for name, s in summary.items():
             # ADVI's cost to reach the accuracy this configuration reached (>= when unreached)
             needed = advi["grad_evals_to"][name]
