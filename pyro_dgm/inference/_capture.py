@@ -48,6 +48,8 @@ from pyro.poutine.messenger import Messenger
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
+from pyro_dgm.inference._graph_passes import simplify
+
 __all__ = ["CaptureError", "Captured", "Structure", "capture", "discover", "signature"]
 
 
@@ -167,7 +169,8 @@ def _tracing_shims():
 
 @dataclass
 class Captured:
-    """A traced step: ``graph(*leaves, *data tensors) -> (loss, grads of the grad leaves)``."""
+    """A traced step: ``graph(*leaves, *data tensors) -> (loss, *grads of the grad leaves)``
+    (flat inputs and outputs: no pytree work per call)."""
 
     graph: torch.fx.GraphModule
     leaves: list            # graph inputs before the data, in order
@@ -177,15 +180,6 @@ class Captured:
     def data(self, args: tuple, kwargs: dict) -> list:
         """The tensors of ``(args, kwargs)`` in graph-input order."""
         return [x for x in pytree.tree_leaves((args, kwargs)) if torch.is_tensor(x)]
-
-
-def _keep_random(node) -> bool:
-    """Dead-code elimination must not drop a random draw (it advances the generator)."""
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload) and (
-            torch.Tag.nondeterministic_seeded in target.tags or target._schema.is_mutable):
-        return True
-    return node.is_impure()
 
 
 def _rng_state(device) -> tuple:
@@ -204,8 +198,10 @@ def _trace_once(loss, model, guide, args, kwargs, leaves):
     positions = [i for i, x in enumerate(flat) if torch.is_tensor(x)]
     grad_index = [i for i, t in enumerate(leaves) if t.requires_grad]
 
-    def step(leaf_inputs, data):
-        del leaf_inputs  # tracked by identity: the model and guide reach them themselves
+    count = len(leaves)
+
+    def step(*inputs):  # tracked by identity: the model and guide reach the leaves themselves
+        data = inputs[count:]
         values = list(flat)
         for i, tensor in zip(positions, data, strict=True):
             values[i] = tensor
@@ -214,13 +210,13 @@ def _trace_once(loss, model, guide, args, kwargs, leaves):
         wrt = [leaves[i] for i in grad_index]
         grads = torch.autograd.grad(value, wrt, allow_unused=True) if wrt and \
             value.requires_grad else [None] * len(wrt)
-        return value.detach(), [g if g is not None else torch.zeros_like(t)
-                                for g, t in zip(grads, wrt, strict=True)]
+        return (value.detach(), *(g if g is not None else torch.zeros_like(t)
+                                   for g, t in zip(grads, wrt, strict=True)))
 
     data = [flat[i] for i in positions]
     with _tracing_shims():
         try:
-            graph = make_fx(step)(list(leaves), data)
+            graph = make_fx(step)(*leaves, *data)
         except RuntimeError as e:
             text = str(e)
             if "data-dependent" in text or "_local_scalar_dense" in text or \
@@ -270,6 +266,4 @@ def capture(loss, model, guide, args: tuple, kwargs: dict, leaves: list) -> Capt
     else:
         raise CaptureError("tensors that require grad are reached in a way the trace cannot "
                            "follow")
-    graph.graph.eliminate_dead_code(is_impure_node=_keep_random)
-    graph.recompile()
-    return Captured(graph, leaves, grad_index, spec)
+    return Captured(simplify(graph), leaves, grad_index, spec)

@@ -233,7 +233,7 @@ class CompiledELBO(ELBO):
                                  mode="reduce-overhead" if device is not None else None)
         state = _rng(device)
         with torch._inductor.config.patch(fallback_random=True), torch.no_grad():
-            compiled(captured.leaves, captured.data(args, kwargs))  # compile now
+            compiled(*captured.leaves, *captured.data(args, kwargs))  # compile now
         _set_rng(state, device)
         return compiled
 
@@ -266,7 +266,7 @@ class CompiledELBO(ELBO):
             device = _cuda_device(captured.leaves)
             state = _rng(device)
         with torch.no_grad():
-            loss, grads = entry.run(captured.leaves, data)
+            loss, *grads = entry.run(*captured.leaves, *data)
         if check and not bool(torch.isfinite(loss)):
             _set_rng(state, device)  # the ordinary step from the same state says what broke
             return None
