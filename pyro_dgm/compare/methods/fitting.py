@@ -20,6 +20,7 @@ from pyro_dgm._validation import check_int
 from pyro_dgm.compare.export import from_guide, from_mcmc
 from pyro_dgm.compare.settings import Problem, Settings, num_warmup
 from pyro_dgm.defaults import SVI_TOLERANCE, SVI_WINDOW
+from pyro_dgm.inference.compiled import CompiledELBO, compile_loss
 from pyro_dgm.inference.mcmc import MCMC
 
 __all__ = ["converged", "export_guide", "fit_svi", "run_vectorized", "vi_draws"]
@@ -65,6 +66,7 @@ def fit_svi(
     tol: float | None = None,
     cooldown: bool = True,
     desc: str = "SVI",
+    compile: bool = True,
 ) -> list[float]:
     """Optimize ``guide`` for ``problem`` with Adam, decaying the rate 10x over the step cap.
 
@@ -83,6 +85,9 @@ def fit_svi(
         (vectorized when the problem allows it).
     :param window: steps per smoothing window; ``tol``: relative tolerance (``0`` turns the
         rule off); ``cooldown``: decay the rate over one more window after a stop.
+    :param compile: run the steps through :func:`~pyro_dgm.inference.compile_loss` (the
+        same draws and gradients; where its guards fail it warns once and runs the
+        ordinary step).
     :return: the loss of every step taken (its length is the number of steps).
     """
     explicit = num_steps is not None
@@ -95,6 +100,8 @@ def fit_svi(
     if loss is None:
         loss = Trace_ELBO(num_particles=4, vectorize_particles=problem.vectorizable,
                           max_plate_nesting=problem.max_plate_nesting)
+    if compile and not isinstance(loss, CompiledELBO):
+        loss = compile_loss(loss)
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1.0 / num_steps)})
     svi = SVI(problem.model, guide, optim, loss)
     losses = []
