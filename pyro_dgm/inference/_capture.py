@@ -50,7 +50,8 @@ from torch.utils import _pytree as pytree
 
 from pyro_dgm.inference._graph_passes import simplify
 
-__all__ = ["CaptureError", "Captured", "Structure", "capture", "discover", "signature"]
+__all__ = ["CaptureError", "Captured", "Structure", "capture", "discover", "signature",
+           "trace_graph"]
 
 
 class CaptureError(RuntimeError):
@@ -193,6 +194,26 @@ def _set_rng_state(state, device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
+def trace_graph(fn, inputs: list) -> torch.fx.GraphModule:
+    """``make_fx(fn)(*inputs)`` with Pyro's harmless host reads replaced and validation off.
+
+    :raises CaptureError: data-dependent control flow (naming where), or an op that cannot
+        be traced.
+    """
+    with _tracing_shims():
+        try:
+            return make_fx(fn)(*inputs)
+        except RuntimeError as e:
+            text = str(e)
+            if "data-dependent" in text or "_local_scalar_dense" in text or \
+                    "tracing tensor" in text:
+                raise CaptureError("data-dependent Python control flow: a tensor computed "
+                                   "from data, parameters or draws was read on the host "
+                                   f"(bool(), .item(), ...) at {_where(e)}") from e
+            raise CaptureError(f"tracing failed: {type(e).__name__}: {text.splitlines()[0]}"
+                               ) from e
+
+
 def _trace_once(loss, model, guide, args, kwargs, leaves):
     flat, spec = pytree.tree_flatten((args, kwargs))
     positions = [i for i, x in enumerate(flat) if torch.is_tensor(x)]
@@ -214,18 +235,7 @@ def _trace_once(loss, model, guide, args, kwargs, leaves):
                                    for g, t in zip(grads, wrt, strict=True)))
 
     data = [flat[i] for i in positions]
-    with _tracing_shims():
-        try:
-            graph = make_fx(step)(*leaves, *data)
-        except RuntimeError as e:
-            text = str(e)
-            if "data-dependent" in text or "_local_scalar_dense" in text or \
-                    "tracing tensor" in text:
-                raise CaptureError("data-dependent Python control flow: a tensor computed "
-                                   "from data, parameters or draws was read on the host "
-                                   f"(bool(), .item(), ...) at {_where(e)}") from e
-            raise CaptureError(f"tracing failed: {type(e).__name__}: {text.splitlines()[0]}"
-                               ) from e
+    graph = trace_graph(step, [*leaves, *data])
     return graph, grad_index, spec
 
 

@@ -149,14 +149,15 @@ def _fold_constants(gm: GraphModule, written: set) -> None:
               and _args_constant(node.kwargs, constant)):
             args = torch.fx.node.map_arg(node.args, lambda n: constant[n])
             kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: constant[n])
-            constant[node] = node.target(*args, **kwargs)
+            with torch.no_grad():
+                constant[node] = node.target(*args, **kwargs)
     count = 0
     for node, value in constant.items():
         if node.op == "get_attr" or not torch.is_tensor(value) or node in outputs:
             continue
         name = f"_folded_{count}"
         count += 1
-        setattr(gm, name, value)
+        gm.register_buffer(name, value, persistent=False)
         with graph.inserting_before(node):
             attr = graph.get_attr(name)
         attr.meta = dict(node.meta)
