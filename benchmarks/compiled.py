@@ -10,7 +10,12 @@ Configurations (each method gets its own copy of the same initial parameters):
   (200-200 tanh MLPs, Adam): ``pyro`` = ``IWAE(K)(model, guide)``, ``hand`` = PyTorch;
 - ``fa_autonormal``, ``fa_mvn``: one ``SVI.step`` on the comparison's ``fa`` problem (51
   dimensions, wine data) with ``Trace_ELBO(num_particles=4, vectorized)`` and ClippedAdam,
-  as :func:`pyro_dgm.compare.methods.fitting.fit_svi` runs it (no hand-written peer).
+  as :func:`pyro_dgm.compare.methods.fitting.fit_svi` runs it (no hand-written peer);
+- ``potential_logreg``, ``potential_fa``: the batched potential of 64 chains of
+  ``benchmarks/mcmc.py``'s logistic regression (breast cancer, 11) and of the ``fa``
+  posterior (51), value only (``*_value``, as ``RandomWalkMH`` calls it) and value and
+  gradient (``*_grad``, as ``ChEESHMC``), ordinary vs ``CompiledPotential`` (``fx``); the
+  logistic regression also by hand.
 
 Each compiled method is ``compile_loss(objective, backend=b)`` for the backends asked for
 (``fx``: the captured graph run eagerly; ``inductor``: ``torch.compile`` of it). Its first
@@ -126,6 +131,52 @@ def fa_methods(guide_type: str, backends, seed: int, device) -> dict:
     return methods
 
 
+def potential_methods(target: str, backends, seed: int, device, chains: int = 64) -> dict:
+    """The batched potential of ``chains`` chains (``value``: as ``RandomWalkMH`` calls it;
+    ``grad``: value and gradient, as ``ChEESHMC`` does), ordinary vs compiled
+    (``CompiledPotential``; only its eager graph, the ``fx`` backend); for the logistic
+    regression also written by hand."""
+    from benchmarks import mcmc as mcmc_bench
+    from pyro_dgm.inference import ChEESHMC
+    from pyro_dgm.inference.chees import _value_and_grad
+    from pyro_dgm.inference.compiled_potential import CompiledPotential
+
+    problem = (mcmc_bench.logreg_problem if target == "logreg" else mcmc_bench.fa_problem)(
+        str(device))
+    kernel = ChEESHMC(problem.model)
+    pyro.set_rng_seed(seed)
+    kernel.setup_chains(chains, 10, problem.args, problem.kwargs)
+    plain = kernel._potential
+    z = kernel._flatten(kernel.initial_params)
+    unflatten = kernel._unflatten
+    fns = {"pyro": plain}
+    if "fx" in backends:
+        fns["fx"] = CompiledPotential(plain)
+    if target == "logreg":
+        X, y = problem.args
+        scale = mcmc_bench.PRIOR_SCALE
+
+        def hand(params):
+            beta = params["beta"]
+            logits = beta @ X.T
+            loglik = -torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, y.expand_as(logits), reduction="none").sum(-1)
+            return 0.5 * (beta / scale).pow(2).sum(-1) - loglik  # up to a constant
+        fns["hand"] = hand
+    methods = {}
+    for name, fn in fns.items():
+        def value(fn=fn):
+            with torch.no_grad():
+                fn(unflatten(z))
+
+        def grad(fn=fn):
+            _value_and_grad(fn, unflatten, z)
+        loss = fn if isinstance(fn, CompiledPotential) else None
+        methods[f"{name}_value"] = (value, loss)
+        methods[f"{name}_grad"] = (grad, loss)
+    return methods
+
+
 def time_methods(methods: dict, *, rounds: int, repeat: int, seed: int, device) -> tuple:
     results, ratios, compile_s = {}, {}, {}
     for name, (step, loss) in methods.items():
@@ -134,8 +185,8 @@ def time_methods(methods: dict, *, rounds: int, repeat: int, seed: int, device) 
         sync(device)
         if loss is not None and hasattr(loss, "compile_seconds"):
             compile_s[name] = time.perf_counter() - start
-            if loss.fallbacks:
-                raise RuntimeError(f"{name} fell back: {loss.fallbacks}")
+            if getattr(loss, "fallbacks", None) or getattr(loss, "fallback", None):
+                raise RuntimeError(f"{name} fell back")
         for _ in range(3):
             step()
     sync(device)
@@ -156,13 +207,12 @@ def time_methods(methods: dict, *, rounds: int, repeat: int, seed: int, device) 
     for name, seconds in compile_s.items():
         results[f"{name}_compile_s"] = seconds
     for name in methods:
+        kind, _, suffix = name.partition("_")
         for peer in ("hand", "pyro"):
-            if name != peer and peer in times and name not in ("hand", "pyro"):
+            other = f"{peer}_{suffix}" if suffix else peer
+            if kind not in (peer, "hand") and other in times:
                 ratios[f"{name}_vs_{peer}"] = statistics.median(
-                    a / b for a, b in zip(times[name], times[peer], strict=True))
-    if "hand" in times and "pyro" in times:
-        ratios["pyro_vs_hand"] = statistics.median(
-            a / b for a, b in zip(times["pyro"], times["hand"], strict=True))
+                    a / b for a, b in zip(times[name], times[other], strict=True))
     return results, ratios
 
 
@@ -171,7 +221,8 @@ def main(argv=None) -> dict:
     p.add_argument("--backends", default=None,
                    help="comma-separated compile backends (default: fx with --quick, "
                         "else fx,inductor)")
-    p.add_argument("--only", default="dlgm,iwae,fa", help="configs: dlgm, iwae, fa")
+    p.add_argument("--only", default="dlgm,iwae,fa,potential",
+                   help="configs: dlgm, iwae, fa, potential")
     p.add_argument("--rounds", type=int, default=None)
     args = p.parse_args(argv)
     backends = (args.backends or ("fx" if args.quick else "fx,inductor")).split(",")
@@ -192,11 +243,15 @@ def main(argv=None) -> dict:
     if "fa" in only:
         configs += [(f"fa_{g}", lambda g=g: fa_methods(g, backends, args.seed, device),
                      5 if args.quick else 20) for g in ("autonormal", "mvn")]
+    if "potential" in only:
+        configs += [(f"potential_{t}",
+                     lambda t=t: potential_methods(t, backends, args.seed, device),
+                     10 if args.quick else 40) for t in ("logreg", "fa")]
     results, ratios = {}, {}
     with pyro.settings.context(module_local_params=True):
         for name, build, repeat in configs:
             pyro.set_rng_seed(args.seed)
-            local = not name.startswith("fa")  # SVI collects parameters from the store
+            local = name.startswith(("dlgm", "iwae"))  # SVI: parameters from the store
             with pyro.settings.context(module_local_params=local):
                 res, rat = time_methods(build(), rounds=rounds, repeat=repeat, seed=args.seed,
                                         device=device)
