@@ -7,8 +7,9 @@ same transpose of a weight taken in the forward and again in the backward, const
 rebuilt every call (``zeros`` of a prior's location, ``log`` of a fixed scale). Each costs a
 Python-level dispatch per step in an eager graph run. :func:`simplify` removes them:
 
-1. **no-ops**: ``detach``/``alias``, and ``expand``/``view``/``reshape``/``_unsafe_view``
-   whose result has the input's shape and strides, are replaced by their input;
+1. **no-ops**: ``detach``/``alias``, and a view (``expand``, ``view``, ``t`` ...) whose
+   result has the layout (shape, strides, offset) of its input or of a tensor further up
+   its chain of views (``t(t(w))``), are replaced by that tensor;
 2. **common subexpressions**: pure ops with the same target and arguments are computed
    once;
 3. **constant folding**: pure, non-random ops whose inputs are all constants are computed
@@ -84,18 +85,31 @@ def _val(node):
 
 
 def _same_layout(a, b) -> bool:
-    return (a is not None and b is not None and tuple(a.shape) == tuple(b.shape)
-            and a.stride() == b.stride())
+    return (torch.is_tensor(a) and torch.is_tensor(b) and tuple(a.shape) == tuple(b.shape)
+            and a.stride() == b.stride() and a.storage_offset() == b.storage_offset()
+            and a.dtype == b.dtype)
 
 
 def _drop_no_ops(graph) -> None:
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
-        if node.target in _IDENTITY or (node.target in _SHAPE_OPS and
-                                        _same_layout(_val(node.args[0]), _val(node))):
+        if node.target in _IDENTITY:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
+            continue
+        if not (_is_view(node) or node.target in _SHAPE_OPS):
+            continue
+        # a chain of views that ends where it began (t(t(w)), an expand to the same shape)
+        ancestor = node.args[0]
+        while isinstance(ancestor, Node):
+            if _same_layout(_val(ancestor), _val(node)):
+                node.replace_all_uses_with(ancestor)
+                graph.erase_node(node)
+                break
+            if not _is_view(ancestor):
+                break
+            ancestor = ancestor.args[0]
 
 
 def _key(value):
