@@ -21,7 +21,7 @@ from pyro_dgm.compare.export import from_guide, from_mcmc
 from pyro_dgm.compare.settings import Problem, Settings, num_warmup
 from pyro_dgm.defaults import SVI_TOLERANCE, SVI_WINDOW
 from pyro_dgm.inference.compiled import CompiledELBO, compile_loss
-from pyro_dgm.inference.mcmc import MCMC
+from pyro_dgm.inference.mcmc import MCMC, VectorizedKernel
 
 __all__ = ["converged", "export_guide", "fit_svi", "run_vectorized", "vi_draws"]
 
@@ -124,9 +124,16 @@ def export_guide(problem: Problem, guide, settings: Settings, attrs: dict | None
                       attrs=attrs, **problem.kwargs)
 
 
-def run_vectorized(kernel, problem: Problem, settings: Settings, num_chains: int):
+def run_vectorized(kernel, problem: Problem, settings: Settings, num_chains: int,
+                   compile: bool = True):
     """Run ``kernel`` under :class:`pyro_dgm.inference.MCMC` with vectorized chains (Pyro's
-    one chain per process where the model does not broadcast) and export the draws."""
+    one chain per process where the model does not broadcast) and export the draws.
+
+    :param compile: evaluate the batched potential as a captured graph
+        (:attr:`~pyro_dgm.inference.VectorizedKernel.compile_potential`; the same values,
+        one warning and the ordinary potential where its guards fail)."""
+    if compile and isinstance(kernel, VectorizedKernel):
+        kernel.compile_potential = True
     mcmc = MCMC(kernel, num_samples=settings.num_samples, warmup_steps=num_warmup(settings),
                 num_chains=num_chains, disable_progbar=not settings.progress,
                 chain_method="vectorized")
