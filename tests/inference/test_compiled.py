@@ -17,6 +17,7 @@ from pyro_dgm.inference import (
     AmortizedFlowGuide,
     CompileFallbackWarning,
     FlowGuide,
+    NonFiniteLossError,
     PerturbativeELBO,
     compile_loss,
 )
@@ -58,8 +59,9 @@ def _leaves(model, guide, store=True):
 
 def assert_same_steps(make, model, guide, args, kwargs_list, steps=2):
     """Ordinary and compiled ``differentiable_loss`` from the same seeds: loss and gradient
-    within 1e-6, and one graph for one signature."""
-    ordinary, compiled = make(), compile_loss(make(), backend="fx")
+    within 1e-6, and one graph for one signature (the structure check runs every step: it
+    must draw nothing)."""
+    ordinary, compiled = make(), compile_loss(make(), backend="fx", check_every=1)
     ordinary.loss(model, guide, *args, **kwargs_list[0])  # create lazy parameters
     params = _leaves(model, guide)
     for step in range(steps):
@@ -191,6 +193,20 @@ def test_changed_structure_falls_back_once():
         for _ in range(12):
             compiled.differentiable_loss(model, guide, x, y=y).backward()
     assert len([w for w in record if w.category is CompileFallbackWarning]) == 1
+
+
+def test_non_finite_loss_under_validation_is_the_objectives_error():
+    """With validation on, a non-finite compiled loss reruns the ordinary step, whose error
+    names the problem (IWAE: NonFiniteLossError)."""
+    x, y = _data()
+    guide = AutoNormal(regression)
+    compiled = compile_loss(IWAE(3, max_plate_nesting=1), backend="fx")
+    compiled.differentiable_loss(regression, guide, x, y=y).backward()
+    bad = y.clone()
+    bad[0] = float("inf")
+    with pytest.raises(NonFiniteLossError):
+        compiled.differentiable_loss(regression, guide, x, y=bad)
+    assert compiled.num_traces == 1 and not compiled.fallbacks
 
 
 def test_bad_arguments():
