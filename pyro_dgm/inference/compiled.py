@@ -40,7 +40,7 @@ warning is dropped).
 
 **Backends.** ``"fx"``: the captured graph run eagerly (no per-site Python, no autograd
 graph; no compile cost). ``"inductor"``: ``torch.compile`` of the graph (C++/Triton
-kernels; CUDA graphs on a GPU with ``mode="reduce-overhead"``); a first-call cost of
+kernels; CUDA graphs on a GPU); a first-call cost of
 seconds. ``"auto"``: ``"inductor"`` on CUDA, ``"fx"`` on CPU (see ``docs/performance.md``).
 :attr:`CompiledELBO.compile_seconds` holds the time spent tracing and compiling.
 
@@ -96,6 +96,7 @@ class _Entry:
     param_names: tuple
     state: tuple            # module tensors the graph was traced with
     calls: int = 0
+    cuda_graphs: bool = False  # outputs live in CUDA-graph memory: copy them out
 
 
 class _Apply(torch.autograd.Function):
@@ -222,17 +223,24 @@ class CompiledELBO(ELBO):
         finally:
             _set_rng(state, device)
         run = captured.graph
-        if self._backend(device) == "inductor":
+        inductor = self._backend(device) == "inductor"
+        if inductor:
             run = self._inductor(captured, args, kwargs, device)
         self.compile_seconds += time.perf_counter() - began
         self.num_traces += 1
-        return _Entry(captured, run, sites, names, module_state(model, guide))
+        return _Entry(captured, run, sites, names, module_state(model, guide),
+                      cuda_graphs=inductor and device is not None)
 
     def _inductor(self, captured: Captured, args, kwargs, device):
+        options = {"fallback_random": True}  # draws stay on torch's generator
+        if device is not None:
+            options["triton.cudagraphs"] = True  # what mode="reduce-overhead" sets
         compiled = torch.compile(captured.graph, dynamic=False, fullgraph=True,
-                                 mode="reduce-overhead" if device is not None else None)
+                                 options=options)
         state = _rng(device)
-        with torch._inductor.config.patch(fallback_random=True), torch.no_grad():
+        with torch.no_grad():
+            if device is not None:
+                torch.compiler.cudagraph_mark_step_begin()
             compiled(*captured.leaves, *captured.data(args, kwargs))  # compile now
         _set_rng(state, device)
         return compiled
@@ -266,7 +274,11 @@ class CompiledELBO(ELBO):
             device = _cuda_device(captured.leaves)
             state = _rng(device)
         with torch.no_grad():
-            loss, *grads = entry.run(*captured.leaves, *data)
+            if entry.cuda_graphs:  # the next replay overwrites this one's outputs
+                torch.compiler.cudagraph_mark_step_begin()
+                loss, *grads = (t.clone() for t in entry.run(*captured.leaves, *data))
+            else:
+                loss, *grads = entry.run(*captured.leaves, *data)
         if check and not bool(torch.isfinite(loss)):
             _set_rng(state, device)  # the ordinary step from the same state says what broke
             return None
