@@ -20,7 +20,7 @@ from pyro_dgm._validation import check_int
 from pyro_dgm.compare.export import from_guide, from_mcmc
 from pyro_dgm.compare.settings import Problem, Settings, num_warmup
 from pyro_dgm.defaults import SVI_TOLERANCE, SVI_WINDOW
-from pyro_dgm.inference.compiled import CompiledELBO, compile_loss
+from pyro_dgm.inference.compiled import CompiledELBO, CompileFallbackWarning, compile_loss
 from pyro_dgm.inference.mcmc import MCMC, VectorizedKernel
 
 __all__ = ["converged", "export_guide", "fit_svi", "run_vectorized", "vi_draws"]
@@ -86,8 +86,9 @@ def fit_svi(
     :param window: steps per smoothing window; ``tol``: relative tolerance (``0`` turns the
         rule off); ``cooldown``: decay the rate over one more window after a stop.
     :param compile: run the steps through :func:`~pyro_dgm.inference.compile_loss` (the
-        same draws and gradients; where its guards fail it warns once and runs the
-        ordinary step).
+        same draws and gradients); where its guards fail (e.g. a model that checks its data
+        with ``bool(...)``), the ordinary step runs without a warning — compiling is the
+        comparison's choice, not the user's — and the reason stays in ``loss.fallbacks``.
     :return: the loss of every step taken (its length is the number of steps).
     """
     explicit = num_steps is not None
@@ -106,14 +107,17 @@ def fit_svi(
     svi = SVI(problem.model, guide, optim, loss)
     losses = []
     bar = tqdm(range(num_steps), desc=desc, disable=not settings.progress, leave=False)
-    for step in bar:
-        losses.append(svi.step(*problem.args, **problem.kwargs))
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.4g}")
-        if tol > 0 and (step + 1) % window == 0 and converged(losses, window, tol):
-            if cooldown and num_steps > len(losses):
-                _cool_down(svi, losses, problem, lr * 0.1, min(window, num_steps - len(losses)))
-            break
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompileFallbackWarning)
+        for step in bar:
+            losses.append(svi.step(*problem.args, **problem.kwargs))
+            if step % 100 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.4g}")
+            if tol > 0 and (step + 1) % window == 0 and converged(losses, window, tol):
+                if cooldown and num_steps > len(losses):
+                    _cool_down(svi, losses, problem, lr * 0.1,
+                               min(window, num_steps - len(losses)))
+                break
     bar.close()
     return losses
 
@@ -131,7 +135,7 @@ def run_vectorized(kernel, problem: Problem, settings: Settings, num_chains: int
 
     :param compile: evaluate the batched potential as a captured graph
         (:attr:`~pyro_dgm.inference.VectorizedKernel.compile_potential`; the same values,
-        one warning and the ordinary potential where its guards fail)."""
+        and the ordinary potential, without a warning, where its guards fail)."""
     if compile and isinstance(kernel, VectorizedKernel):
         kernel.compile_potential = True
     mcmc = MCMC(kernel, num_samples=settings.num_samples, warmup_steps=num_warmup(settings),
@@ -141,5 +145,6 @@ def run_vectorized(kernel, problem: Problem, settings: Settings, num_chains: int
         # a fallback to one chain per process says why; chains then may run one by one
         warnings.filterwarnings("ignore", message="chain_method='vectorized'")
         warnings.filterwarnings("ignore", message="num_chains=")
+        warnings.simplefilter("ignore", CompileFallbackWarning)
         mcmc.run(*problem.args, **problem.kwargs)
     return from_mcmc(mcmc)
