@@ -171,11 +171,11 @@ def test_log_joint_matches_stan_model_block(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_sites_shapes_dtype_and_batch(name, dtype):
-    data = to_tensors(_data(name), dtype=dtype)
+def test_sites_shapes_dtype_and_batch(name, dtype, device):
+    data = to_tensors(_data(name), dtype=dtype, device=device)
     model = posterior_model(name)
     points = _points(name, 3)
-    values = {k: torch.as_tensor(v, dtype=dtype) for k, v in points.items()}
+    values = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in points.items()}
     tr = poutine.trace(poutine.condition(model, {k: v[0] for k, v in values.items()})) \
         .get_trace(**data)
     free = poutine.trace(model).get_trace(**data)   # latent names: sites not observed
@@ -190,7 +190,8 @@ def test_sites_shapes_dtype_and_batch(name, dtype):
                for s in tr.nodes.values() if s["type"] == "sample")
     # leading batch dims as a chain plate puts them: (S, 1, *shape)
     lp = _log_joint(model, data, {k: v[:, None] for k, v in values.items()})
-    assert lp.shape == (3, 1) and lp.dtype == dtype and torch.isfinite(lp).all()
+    assert lp.shape == (3, 1) and lp.dtype == dtype and lp.device.type == device.type
+    assert torch.isfinite(lp).all()
 
 
 @pytest.mark.parametrize("batch", [(), (3,), (2, 1)])
