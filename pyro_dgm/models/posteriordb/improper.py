@@ -34,6 +34,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyro.distributions as dist
 import torch
 from pyro.distributions.constraints import Constraint
@@ -52,13 +54,17 @@ class FlatPrior(dist.ImproperUniform):
     :param support: the parameter's constraint (``constraints.positive``,
         ``constraints.simplex``, ``constraints.positive_ordered_vector``, ...).
     :param event_shape: the parameter's shape (Stan's declared dimensions).
-    :param like: a tensor whose dtype and device the samples and log densities take.
+    :param like: a tensor whose device (and dtype, if floating-point; else torch's default)
+        the samples and log densities take; anything else: torch's defaults.
     :param batch_shape: batch shape (``()`` for one parameter; plates expand it).
     """
 
     def __init__(self, support: Constraint, event_shape: tuple[int, ...] = (), *,
-                 like: Tensor, batch_shape: tuple[int, ...] = ()) -> None:
-        self._like = like.new_zeros(())
+                 like: Any = None, batch_shape: tuple[int, ...] = ()) -> None:
+        if not torch.is_tensor(like):
+            like = torch.zeros(())
+        self._like = (like.new_zeros(()) if like.is_floating_point()
+                      else torch.zeros((), device=like.device))
         super().__init__(support, torch.Size(batch_shape), torch.Size(event_shape))
 
     def expand(self, batch_shape, _instance=None):
