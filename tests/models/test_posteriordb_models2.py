@@ -1,8 +1,11 @@
 """posteriordb translations gp_regr, hmm_drive_0, accel_gp against independent numpy/scipy
 implementations of their Stan log densities, at posteriordb's reference draws.
 
-Data and draws are read straight from a posteriordb mirror (a bare git repository); the
-tests skip where none is found.
+Data and draws come from the vendored bundle (:mod:`pyro_dgm.data.posteriordb`) when one is
+found, else straight from a posteriordb mirror (a bare git repository); the tests skip where
+there is neither. posteriordb stores no reference draws for accel_gp: its points are the
+bundle's Stan fixture draws, or (mirror only) mean + sd / 4 * N(0, 1) from posteriordb's
+summary statistics.
 """
 
 from __future__ import annotations
@@ -29,11 +32,18 @@ from pyro_dgm.models.posteriordb import posterior_model
 from pyro_dgm.models.posteriordb.hmm_drive_0 import emission_log_prob, forward_log_likelihood
 from pyro_dgm.models.posteriordb.improper import FlatPrior
 
+try:
+    from pyro_dgm.data import posteriordb as pdb
+    BUNDLE = pdb.posteriordb_available()
+except ImportError:  # the loader is not on this branch yet
+    pdb, BUNDLE = None, False
+
 MIRROR = Path(os.environ.get("POSTERIORDB_MIRROR", "/work/.mirror/stan-dev+posteriordb/repo"))
 GP, HMM, ACCEL = "gp_pois_regr-gp_regr", "bball_drive_event_0-hmm_drive_0", "mcycle_gp-accel_gp"
 NAMES = (GP, HMM, ACCEL)
 
-pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="no posteriordb mirror")
+pytestmark = pytest.mark.skipif(not (BUNDLE or MIRROR.is_dir()),
+                                reason="no posteriordb bundle or mirror")
 
 
 def _show(path: str) -> bytes | None:
@@ -50,45 +60,63 @@ def _unzip_json(path: str):
         return json.loads(z.read(z.namelist()[0]))
 
 
-def _posterior(name: str) -> dict:
-    return json.loads(_show(f"posteriors/{name}.json"))
-
-
 def _data(name: str) -> dict:
+    if BUNDLE:
+        return pdb.load_posteriordb_data(name)
+    posterior = json.loads(_show(f"posteriors/{name}.json"))
     return {k: np.asarray(v) for k, v in
-            _unzip_json(f"data/data/{_posterior(name)['data_name']}.json.zip").items()}
+            _unzip_json(f"data/data/{posterior['data_name']}.json.zip").items()}
 
 
-def _stack(columns: dict[str, list], dims: dict[str, int]) -> dict[str, np.ndarray]:
+def _shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """Stan's parameters and their shapes (mirror: posteriordb's sizes; a size of 1 is a
+    ``real``, true of the three models here)."""
+    if BUNDLE:
+        return {k: p.shape for k, p in pdb.posteriordb_parameters(name).items()}
+    dims = json.loads(_show(f"posteriors/{name}.json"))["dimensions"]
+    return {k: () if size == 1 else (size,) for k, size in dims.items()}
+
+
+def _stack(columns: dict, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """posteriordb's ``name[i]`` columns -> arrays ``(draws, *shape)`` (vectors only here)."""
-    out = {}
-    for par, size in dims.items():
-        cols = [par] if par in columns else [f"{par}[{i}]" for i in range(1, size + 1)]
-        a = np.stack([np.asarray(columns[c], float) for c in cols], axis=-1)
-        out[par] = a[..., 0] if cols == [par] else a
-    return out
+    return {par: np.asarray(columns[par], float) if shape == () else
+            np.stack([np.asarray(columns[f"{par}[{i}]"], float)
+                      for i in range(1, shape[0] + 1)], axis=-1)
+            for par, shape in shapes.items()}
 
 
-def _points(name: str, num: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """``num`` reference draws; for accel_gp (whose draws file is absent from the mirror)
-    points mean + sd / 4 * N(0, 1) from posteriordb's summary statistics, kept positive
-    (near the posterior: the zgp are correlated a posteriori, whole-sd independent moves
-    reach log densities of -1e8)."""
-    dims = _posterior(name)["dimensions"]
-    rng = np.random.default_rng(seed)
+def _all_draws(name: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    shapes = _shapes(name)
+    if BUNDLE and pdb.posteriordb_has_reference(name):
+        return {k: v.reshape(-1, *shapes[k])
+                for k, v in pdb.load_posteriordb_reference(name).items()}
+    fixture = pdb.posteriordb_dir() / "fixtures" / f"{name}.json" if BUNDLE else None
+    if fixture is not None and fixture.is_file():   # Stan draws of the fixture script
+        return {k: np.asarray(v, float) for k, v in json.loads(fixture.read_text())["draws"]
+                .items()}
+    if not MIRROR.is_dir():
+        pytest.skip(f"{name}: no reference draws in the bundle and no mirror")
     draws = _unzip_json(f"reference_posteriors/draws/draws/{name}.json.zip")
     if draws is not None:
-        merged = {k: sum((chain[k] for chain in draws), []) for k in draws[0]}
-        idx = rng.choice(len(next(iter(merged.values()))), num, replace=False)
-        return {k: v[idx] for k, v in _stack(merged, dims).items()}
+        return _stack({k: sum((chain[k] for chain in draws), []) for k in draws[0]}, shapes)
     stat = "reference_posteriors/summary_statistics"
     mean = json.loads(_show(f"{stat}/mean_value/mean_value/{name}.json"))
     msq = json.loads(_show(f"{stat}/mean_squared_value/mean_squared_value/{name}.json"))
     m, s = np.asarray(mean["mean_value"]), np.asarray(msq["mean_squared_value"])
     sd = np.sqrt(np.maximum(s - m**2, 0.0))
-    cols = {n: m[i] + sd[i] / 4 * rng.standard_normal(num) for i, n in enumerate(mean["names"])}
-    cols = {n: list(np.abs(c) if re.match(r"(sdgp|lscale)", n) else c) for n, c in cols.items()}
-    return _stack(cols, dims)
+    # near the posterior: the zgp are correlated a posteriori, and independent whole-sd
+    # moves reach log densities of -1e8
+    cols = {n: m[i] + sd[i] / 4 * rng.standard_normal(20) for i, n in enumerate(mean["names"])}
+    cols = {n: np.abs(c) if re.match(r"(sdgp|lscale)", n) else c for n, c in cols.items()}
+    return _stack(cols, shapes)
+
+
+def _points(name: str, num: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``num`` posterior draws ``(num, *shape)`` per parameter (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    draws = _all_draws(name, rng)
+    idx = rng.choice(len(next(iter(draws.values()))), num, replace=False)
+    return {k: v[idx] for k, v in draws.items()}
 
 
 def _log_joint(model, data: dict, values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -181,11 +209,10 @@ def test_sites_shapes_dtype_and_batch(name, dtype, device):
     free = poutine.trace(model).get_trace(**data)   # latent names: sites not observed
     latent = {k: tr.nodes[k] for k, s in free.nodes.items() if s["type"] == "sample"
               and not s["is_observed"]}
-    dims = _posterior(name)["dimensions"]
-    assert set(latent) == set(dims)
+    shapes = _shapes(name)
+    assert set(latent) == set(shapes)
     for k, site in latent.items():
-        assert int(np.prod(site["value"].shape)) == dims[k]
-        assert site["value"].shape == points[k].shape[1:]
+        assert site["value"].shape == shapes[k] == points[k].shape[1:]
     assert all(torch.isfinite(s["fn"].log_prob(s["value"])).all() and s["value"].dtype == dtype
                for s in tr.nodes.values() if s["type"] == "sample")
     # leading batch dims as a chain plate puts them: (S, 1, *shape)
