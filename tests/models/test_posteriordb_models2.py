@@ -1,120 +1,58 @@
 """posteriordb translations gp_regr, hmm_drive_0, accel_gp against independent numpy/scipy
-implementations of their Stan log densities, at posteriordb's reference draws.
+implementations of their Stan log densities, at posterior draws.
 
-Data and draws come from the vendored bundle (:mod:`pyro_dgm.data.posteriordb`) when one is
-found, else straight from a posteriordb mirror (a bare git repository); the tests skip where
-there is neither. posteriordb stores no reference draws for accel_gp: its points are the
-bundle's Stan fixture draws, or (mirror only) mean + sd / 4 * N(0, 1) from posteriordb's
-summary statistics.
+Data and draws come from the vendored bundle (:mod:`pyro_dgm.data.posteriordb`; the tests
+that need it skip without one). posteriordb stores no reference draws for accel_gp: its
+points are the Stan draws of the bundle's log-density fixture.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import re
-import subprocess
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pyro
 import pytest
 import torch
+from posteriordb_checks import require_bundle
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median, init_to_uniform
 from scipy import special, stats
 
+from pyro_dgm.data import posteriordb as pdb
 from pyro_dgm.data.arrays import to_tensors
 from pyro_dgm.models.posteriordb import posterior_model
 from pyro_dgm.models.posteriordb.hmm_drive_0 import emission_log_prob, forward_log_likelihood
 from pyro_dgm.models.posteriordb.improper import FlatPrior
 
-try:
-    from pyro_dgm.data import posteriordb as pdb
-    BUNDLE = pdb.posteriordb_available()
-except ImportError:  # the loader is not on this branch yet
-    pdb, BUNDLE = None, False
-
-MIRROR = Path(os.environ.get("POSTERIORDB_MIRROR", "/work/.mirror/stan-dev+posteriordb/repo"))
 GP, HMM, ACCEL = "gp_pois_regr-gp_regr", "bball_drive_event_0-hmm_drive_0", "mcycle_gp-accel_gp"
 NAMES = (GP, HMM, ACCEL)
 
-pytestmark = pytest.mark.skipif(not (BUNDLE or MIRROR.is_dir()),
-                                reason="no posteriordb bundle or mirror")
-
-
-def _show(path: str) -> bytes | None:
-    out = subprocess.run(["git", "-C", str(MIRROR), "show", f"HEAD:posterior_database/{path}"],
-                         capture_output=True, check=False)
-    return out.stdout if out.returncode == 0 and out.stdout else None
-
-
-def _unzip_json(path: str):
-    raw = _show(path)
-    if raw is None:
-        return None
-    with zipfile.ZipFile(io.BytesIO(raw)) as z:
-        return json.loads(z.read(z.namelist()[0]))
-
 
 def _data(name: str) -> dict:
-    if BUNDLE:
-        return pdb.load_posteriordb_data(name)
-    posterior = json.loads(_show(f"posteriors/{name}.json"))
-    return {k: np.asarray(v) for k, v in
-            _unzip_json(f"data/data/{posterior['data_name']}.json.zip").items()}
+    require_bundle()
+    return pdb.load_posteriordb_data(name)
 
 
 def _shapes(name: str) -> dict[str, tuple[int, ...]]:
-    """Stan's parameters and their shapes (mirror: posteriordb's sizes; a size of 1 is a
-    ``real``, true of the three models here)."""
-    if BUNDLE:
-        return {k: p.shape for k, p in pdb.posteriordb_parameters(name).items()}
-    dims = json.loads(_show(f"posteriors/{name}.json"))["dimensions"]
-    return {k: () if size == 1 else (size,) for k, size in dims.items()}
-
-
-def _stack(columns: dict, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """posteriordb's ``name[i]`` columns -> arrays ``(draws, *shape)`` (vectors only here)."""
-    return {par: np.asarray(columns[par], float) if shape == () else
-            np.stack([np.asarray(columns[f"{par}[{i}]"], float)
-                      for i in range(1, shape[0] + 1)], axis=-1)
-            for par, shape in shapes.items()}
-
-
-def _all_draws(name: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    shapes = _shapes(name)
-    if BUNDLE and pdb.posteriordb_has_reference(name):
-        return {k: v.reshape(-1, *shapes[k])
-                for k, v in pdb.load_posteriordb_reference(name).items()}
-    fixture = pdb.posteriordb_dir() / "fixtures" / f"{name}.json" if BUNDLE else None
-    if fixture is not None and fixture.is_file():   # Stan draws of the fixture script
-        return {k: np.asarray(v, float) for k, v in json.loads(fixture.read_text())["draws"]
-                .items()}
-    if not MIRROR.is_dir():
-        pytest.skip(f"{name}: no reference draws in the bundle and no mirror")
-    draws = _unzip_json(f"reference_posteriors/draws/draws/{name}.json.zip")
-    if draws is not None:
-        return _stack({k: sum((chain[k] for chain in draws), []) for k in draws[0]}, shapes)
-    stat = "reference_posteriors/summary_statistics"
-    mean = json.loads(_show(f"{stat}/mean_value/mean_value/{name}.json"))
-    msq = json.loads(_show(f"{stat}/mean_squared_value/mean_squared_value/{name}.json"))
-    m, s = np.asarray(mean["mean_value"]), np.asarray(msq["mean_squared_value"])
-    sd = np.sqrt(np.maximum(s - m**2, 0.0))
-    # near the posterior: the zgp are correlated a posteriori, and independent whole-sd
-    # moves reach log densities of -1e8
-    cols = {n: m[i] + sd[i] / 4 * rng.standard_normal(20) for i, n in enumerate(mean["names"])}
-    cols = {n: np.abs(c) if re.match(r"(sdgp|lscale)", n) else c for n, c in cols.items()}
-    return _stack(cols, shapes)
+    return {k: p.shape for k, p in pdb.posteriordb_parameters(name).items()}
 
 
 def _points(name: str, num: int, seed: int = 0) -> dict[str, np.ndarray]:
     """``num`` posterior draws ``(num, *shape)`` per parameter (see the module docstring)."""
+    require_bundle()
+    if pdb.posteriordb_has_reference(name):
+        shapes = _shapes(name)
+        draws = {k: v.reshape(-1, *shapes[k])
+                 for k, v in pdb.load_posteriordb_reference(name).items()}
+    else:
+        path = pdb.posteriordb_dir() / "fixtures" / f"{name}.json"
+        if not path.is_file():
+            pytest.skip(f"{name}: no reference draws and no Stan fixture in the bundle")
+        draws = {k: np.asarray(v, float) for k, v in json.loads(path.read_text())["draws"]
+                 .items()}
     rng = np.random.default_rng(seed)
-    draws = _all_draws(name, rng)
     idx = rng.choice(len(next(iter(draws.values()))), num, replace=False)
     return {k: v[idx] for k, v in draws.items()}
 
@@ -223,9 +161,8 @@ def test_sites_shapes_dtype_and_batch(name, dtype, device):
 
 @pytest.mark.parametrize("batch", [(), (3,), (2, 1)])
 def test_hmm_forward_pass_equals_the_loop(batch):
-    data = to_tensors(_data(HMM))
-    u, v = data["u"][:60], data["v"][:60]
     gen = torch.Generator().manual_seed(1)
+    u, v = (-torch.rand(60, generator=gen, dtype=torch.float64).log() * s for s in (0.5, 10.0))
     theta = torch.distributions.Dirichlet(torch.ones(2, dtype=torch.float64)) \
         .sample(batch + (2,))
     phi = torch.rand(batch + (2,), generator=gen, dtype=torch.float64).cumsum(-1) + 0.5
