@@ -1,94 +1,60 @@
 """posteriordb translations gp_regr, hmm_drive_0, accel_gp against independent numpy/scipy
-implementations of their Stan log densities, at posteriordb's reference draws.
+implementations of their Stan log densities, at posterior draws.
 
-Data and draws are read straight from a posteriordb mirror (a bare git repository); the
-tests skip where none is found.
+Data and draws come from the vendored bundle (:mod:`pyro_dgm.data.posteriordb`; the tests
+that need it skip without one). posteriordb stores no reference draws for accel_gp: its
+points are the Stan draws of the bundle's log-density fixture.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import re
-import subprocess
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pyro
 import pytest
 import torch
+from posteriordb_checks import require_bundle
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median, init_to_uniform
 from scipy import special, stats
 
+from pyro_dgm.data import posteriordb as pdb
 from pyro_dgm.data.arrays import to_tensors
 from pyro_dgm.models.posteriordb import posterior_model
 from pyro_dgm.models.posteriordb.hmm_drive_0 import emission_log_prob, forward_log_likelihood
 from pyro_dgm.models.posteriordb.improper import FlatPrior
 
-MIRROR = Path(os.environ.get("POSTERIORDB_MIRROR", "/work/.mirror/stan-dev+posteriordb/repo"))
 GP, HMM, ACCEL = "gp_pois_regr-gp_regr", "bball_drive_event_0-hmm_drive_0", "mcycle_gp-accel_gp"
 NAMES = (GP, HMM, ACCEL)
 
-pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="no posteriordb mirror")
-
-
-def _show(path: str) -> bytes | None:
-    out = subprocess.run(["git", "-C", str(MIRROR), "show", f"HEAD:posterior_database/{path}"],
-                         capture_output=True, check=False)
-    return out.stdout if out.returncode == 0 and out.stdout else None
-
-
-def _unzip_json(path: str):
-    raw = _show(path)
-    if raw is None:
-        return None
-    with zipfile.ZipFile(io.BytesIO(raw)) as z:
-        return json.loads(z.read(z.namelist()[0]))
-
-
-def _posterior(name: str) -> dict:
-    return json.loads(_show(f"posteriors/{name}.json"))
-
 
 def _data(name: str) -> dict:
-    return {k: np.asarray(v) for k, v in
-            _unzip_json(f"data/data/{_posterior(name)['data_name']}.json.zip").items()}
+    require_bundle()
+    return pdb.load_posteriordb_data(name)
 
 
-def _stack(columns: dict[str, list], dims: dict[str, int]) -> dict[str, np.ndarray]:
-    """posteriordb's ``name[i]`` columns -> arrays ``(draws, *shape)`` (vectors only here)."""
-    out = {}
-    for par, size in dims.items():
-        cols = [par] if par in columns else [f"{par}[{i}]" for i in range(1, size + 1)]
-        a = np.stack([np.asarray(columns[c], float) for c in cols], axis=-1)
-        out[par] = a[..., 0] if cols == [par] else a
-    return out
+def _shapes(name: str) -> dict[str, tuple[int, ...]]:
+    return {k: p.shape for k, p in pdb.posteriordb_parameters(name).items()}
 
 
 def _points(name: str, num: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """``num`` reference draws; for accel_gp (whose draws file is absent from the mirror)
-    points mean + sd / 4 * N(0, 1) from posteriordb's summary statistics, kept positive
-    (near the posterior: the zgp are correlated a posteriori, whole-sd independent moves
-    reach log densities of -1e8)."""
-    dims = _posterior(name)["dimensions"]
+    """``num`` posterior draws ``(num, *shape)`` per parameter (see the module docstring)."""
+    require_bundle()
+    if pdb.posteriordb_has_reference(name):
+        shapes = _shapes(name)
+        draws = {k: v.reshape(-1, *shapes[k])
+                 for k, v in pdb.load_posteriordb_reference(name).items()}
+    else:
+        path = pdb.posteriordb_dir() / "fixtures" / f"{name}.json"
+        if not path.is_file():
+            pytest.skip(f"{name}: no reference draws and no Stan fixture in the bundle")
+        draws = {k: np.asarray(v, float) for k, v in json.loads(path.read_text())["draws"]
+                 .items()}
     rng = np.random.default_rng(seed)
-    draws = _unzip_json(f"reference_posteriors/draws/draws/{name}.json.zip")
-    if draws is not None:
-        merged = {k: sum((chain[k] for chain in draws), []) for k in draws[0]}
-        idx = rng.choice(len(next(iter(merged.values()))), num, replace=False)
-        return {k: v[idx] for k, v in _stack(merged, dims).items()}
-    stat = "reference_posteriors/summary_statistics"
-    mean = json.loads(_show(f"{stat}/mean_value/mean_value/{name}.json"))
-    msq = json.loads(_show(f"{stat}/mean_squared_value/mean_squared_value/{name}.json"))
-    m, s = np.asarray(mean["mean_value"]), np.asarray(msq["mean_squared_value"])
-    sd = np.sqrt(np.maximum(s - m**2, 0.0))
-    cols = {n: m[i] + sd[i] / 4 * rng.standard_normal(num) for i, n in enumerate(mean["names"])}
-    cols = {n: list(np.abs(c) if re.match(r"(sdgp|lscale)", n) else c) for n, c in cols.items()}
-    return _stack(cols, dims)
+    idx = rng.choice(len(next(iter(draws.values()))), num, replace=False)
+    return {k: v[idx] for k, v in draws.items()}
 
 
 def _log_joint(model, data: dict, values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -171,33 +137,32 @@ def test_log_joint_matches_stan_model_block(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_sites_shapes_dtype_and_batch(name, dtype):
-    data = to_tensors(_data(name), dtype=dtype)
+def test_sites_shapes_dtype_and_batch(name, dtype, device):
+    data = to_tensors(_data(name), dtype=dtype, device=device)
     model = posterior_model(name)
     points = _points(name, 3)
-    values = {k: torch.as_tensor(v, dtype=dtype) for k, v in points.items()}
+    values = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in points.items()}
     tr = poutine.trace(poutine.condition(model, {k: v[0] for k, v in values.items()})) \
         .get_trace(**data)
     free = poutine.trace(model).get_trace(**data)   # latent names: sites not observed
     latent = {k: tr.nodes[k] for k, s in free.nodes.items() if s["type"] == "sample"
               and not s["is_observed"]}
-    dims = _posterior(name)["dimensions"]
-    assert set(latent) == set(dims)
+    shapes = _shapes(name)
+    assert set(latent) == set(shapes)
     for k, site in latent.items():
-        assert int(np.prod(site["value"].shape)) == dims[k]
-        assert site["value"].shape == points[k].shape[1:]
+        assert site["value"].shape == shapes[k] == points[k].shape[1:]
     assert all(torch.isfinite(s["fn"].log_prob(s["value"])).all() and s["value"].dtype == dtype
                for s in tr.nodes.values() if s["type"] == "sample")
     # leading batch dims as a chain plate puts them: (S, 1, *shape)
     lp = _log_joint(model, data, {k: v[:, None] for k, v in values.items()})
-    assert lp.shape == (3, 1) and lp.dtype == dtype and torch.isfinite(lp).all()
+    assert lp.shape == (3, 1) and lp.dtype == dtype and lp.device.type == device.type
+    assert torch.isfinite(lp).all()
 
 
 @pytest.mark.parametrize("batch", [(), (3,), (2, 1)])
 def test_hmm_forward_pass_equals_the_loop(batch):
-    data = to_tensors(_data(HMM))
-    u, v = data["u"][:60], data["v"][:60]
     gen = torch.Generator().manual_seed(1)
+    u, v = (-torch.rand(60, generator=gen, dtype=torch.float64).log() * s for s in (0.5, 10.0))
     theta = torch.distributions.Dirichlet(torch.ones(2, dtype=torch.float64)) \
         .sample(batch + (2,))
     phi = torch.rand(batch + (2,), generator=gen, dtype=torch.float64).cumsum(-1) + 0.5

@@ -37,10 +37,10 @@ Statements and sites:
   ``Dirichlet(alpha[0])``, ``Dirichlet(alpha[1])`` (the same density on the same simplex,
   normalizing constant included).
 - ``positive_ordered[K] phi``, ``lambda`` with the ``normal_lpdf`` terms -> sites ``phi``,
-  ``lambda``: :class:`~pyro_dgm.models.posteriordb.improper.FlatPrior` on
-  ``constraints.positive_ordered_vector`` (an ``ImproperUniform``: Stan's implicit flat prior
-  on the constrained space) and the factors ``phi_prior``, ``lambda_prior``: the sums
-  of ``Normal([0, 3], 1)`` log densities.
+  ``lambda``: ``flat(constraints.positive_ordered_vector)``, a
+  :class:`~pyro_dgm.models.posteriordb.improper.FlatPrior` (an ``ImproperUniform``: Stan's
+  implicit flat prior on the constrained space) and the factors ``phi_prior``,
+  ``lambda_prior``: the sums of ``Normal([0, 3], 1)`` log densities.
 - the forward algorithm -> factor ``forward`` (:func:`forward_log_likelihood`).
 - ``theta`` (the transformed parameter) is the stacked transition matrix, computed inside
   the model and not recorded as a site.
@@ -87,7 +87,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_dgm.models.posteriordb.improper import FlatPrior
+from pyro_dgm.models.posteriordb._stan import flat
 
 __all__ = ["emission_log_prob", "forward_log_likelihood", "hmm_drive_0"]
 
@@ -151,9 +151,8 @@ def hmm_drive_0(K: int, N: int, u: Tensor, v: Tensor, alpha: Tensor) -> None:
     alpha = alpha.to(u)
     theta1 = pyro.sample("theta1", dist.Dirichlet(alpha[0]))
     theta2 = pyro.sample("theta2", dist.Dirichlet(alpha[1]))
-    flat = FlatPrior(constraints.positive_ordered_vector, (K,), like=u)
-    phi = pyro.sample("phi", flat)
-    lam = pyro.sample("lambda", flat)
+    phi = pyro.sample("phi", flat(constraints.positive_ordered_vector, (K,), like=u))
+    lam = pyro.sample("lambda", flat(constraints.positive_ordered_vector, (K,), like=u))
     prior = dist.Normal(u.new_tensor([0.0, 3.0]), u.new_tensor(1.0))
     pyro.factor("phi_prior", prior.log_prob(phi).sum(-1))
     pyro.factor("lambda_prior", prior.log_prob(lam).sum(-1))
