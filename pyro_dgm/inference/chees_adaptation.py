@@ -27,7 +27,13 @@ steps, :math:`u_t \in (0, 1)` the base-2 Halton (van der Corput) sequence. Durin
   own warm-up draws) and divided by the mass matrix's marginal sds, :math:`\tilde v'` the
   velocity :math:`M^{-1}p'` at the end of the trajectory likewise scaled. The
   sampler uses :math:`\exp` of a moving average of :math:`\log T` (weight
-  :math:`m^{-1/2}` at iteration :math:`m`), clipped to :math:`[h, n_{\max} h]`;
+  :math:`m^{-1/2}` at iteration :math:`m`), clipped to :math:`[h, n_{\max} h]`. The Adam
+  iterate itself is not clipped (as in TFP, which bounds only the number of leapfrog
+  steps): clipping it at :math:`h` would let the step-size spike after each dual-averaging
+  restart lift :math:`T` for good. When a window changes the mass matrix, :math:`\log T`
+  (iterate and average) moves by :math:`-\tfrac12\log\bar\lambda`, :math:`\bar\lambda`
+  the mean eigenvalue of the new covariance in the old metric's coordinates: :math:`T` is
+  a time in the metric's units, carried over to the new ones;
 - **mass matrix** :math:`M^{-1}` (diagonal or dense) from the chains' moments in Stan's
   doubling windows (:func:`~pyro_dgm.inference.adaptation.adaptation_windows`): with
   :math:`C \ge 2` chains the cross-chain covariance at every step of the window, pooled
@@ -230,8 +236,7 @@ class ChEESAdapter:
         v = _ADAM_BETA2 * state.adam_v + (1 - _ADAM_BETA2) * grad * grad
         v_hat = v / (1 - _ADAM_BETA2 ** m)
         step = (_ADAM_RATE * grad / (v_hat.sqrt() + _ADAM_EPS)).clamp(-_LOG_CLIP, _LOG_CLIP)
-        log_h = s["log_step"]
-        log_t = (state.log_length + step).clamp(log_h, log_h + math.log(self.max_num_steps))
+        log_t = state.log_length + step
         s["adam_v"] = torch.where(finite, v, state.adam_v)
         s["log_length"] = log_t
         w = m ** -0.5
@@ -259,10 +264,23 @@ class ChEESAdapter:
             return
         s["m2"] = s["m2"] + (dev.mT @ other if self.dense else (dev * other).sum(0))
         if t in self._ends and s["dof"] > 0:
-            s["scale"] = self._scale(s["m2"], s["dof"])
+            old, s["scale"] = s["scale"], self._scale(s["m2"], s["dof"])
+            if self.adapt_trajectory:  # T is a time in the metric's units: carry it over
+                shift = 0.5 * self._mean_variance(old, s["scale"]).log()
+                shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+                s["log_length"] = s["log_length"] - shift
+                s["log_length_avg"] = s["log_length_avg"] - shift
             s["da_center"] = s["log_step"] + math.log(10.0)  # restart the dual averaging
             s["da_error"] = torch.zeros_like(s["da_error"])
             s["da_count"] = 0
+
+    def _mean_variance(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        r"""Mean eigenvalue :math:`\operatorname{tr}(L_{old}^{-1}\Sigma L_{old}^{-\top})/D` of
+        the new :math:`\Sigma = L_{new}L_{new}^\top` in the old metric's coordinates."""
+        if self.dense:
+            rel = torch.linalg.solve_triangular(old, new, upper=False)
+            return (rel * rel).sum() / self.dim
+        return ((new / old) ** 2).mean()
 
     def _scale(self, m2: torch.Tensor, n: int) -> torch.Tensor:
         shrink, jitter = n / (n + 5.0), 1e-3 * 5.0 / (n + 5.0)
