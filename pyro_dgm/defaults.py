@@ -58,7 +58,7 @@ COMPARE_RUN = {
 #: keeps ArviZ from warning
 COMPARE_HMC_RUN = {
     "full": {"num_chains": 64, "num_warmup": 300, "num_samples": 150},
-    "quick": {"num_chains": 64, "num_warmup": 150, "num_samples": 64},
+    "quick": {"num_chains": 64, "num_warmup": 100, "num_samples": 64},
 }
 #: SVI convergence rule of the comparison's VI methods: every ``SVI_WINDOW`` steps, stop
 #: when the mean loss of the last window changed by at most ``SVI_TOLERANCE`` (relative)

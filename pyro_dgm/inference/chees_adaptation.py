@@ -128,6 +128,9 @@ class ChEESAdapter:
     :param adapt_step_size: dual averaging of :math:`h`.
     :param adapt_trajectory: Adam on :math:`\log T`.
     :param trajectory_length: initial :math:`T` (default :math:`h`).
+
+    The mass matrix starts as the identity or as the ``inverse_mass_matrix`` given to
+    :meth:`init` (e.g. a Laplace approximation's covariance).
     """
 
     def __init__(self, dim: int, num_warmup: int, *, mass_matrix: str = "dense",
@@ -154,17 +157,47 @@ class ChEESAdapter:
     def dense(self) -> bool:
         return self.mass_matrix == "dense"
 
-    def init(self, chains: int, dtype=torch.float64, device=None) -> ChEESState:
-        """Initial state for ``chains`` chains: identity mass matrix, :math:`T = h_0`."""
+    def init(self, chains: int, dtype=torch.float64, device=None,
+             inverse_mass_matrix: torch.Tensor | None = None) -> ChEESState:
+        """Initial state for ``chains`` chains: :math:`T = h_0` and the identity mass matrix,
+        or ``inverse_mass_matrix`` (``(D,)`` diagonal or ``(D, D)`` dense; a dense one
+        keeps only its diagonal under ``mass_matrix="diag"``).
+
+        :raises ValueError: ``inverse_mass_matrix`` of the wrong shape, not finite, not
+            positive definite, or given with ``mass_matrix="identity"``."""
         d = self.dim
         scalar = torch.zeros((), dtype=dtype, device=device)
         log_h = scalar + math.log(self.step_size)
         log_t = scalar + math.log(self.trajectory_length)
         scale = (torch.eye(d, dtype=dtype, device=device) if self.dense
                  else torch.ones(d, dtype=dtype, device=device))
+        if inverse_mass_matrix is not None:
+            scale = self._initial_scale(inverse_mass_matrix.to(dtype=dtype, device=device))
         m2 = torch.zeros((d, d) if self.dense else (d,), dtype=dtype, device=device)
         return ChEESState(log_h, log_h, scalar, log_h + math.log(10.0), 0, log_t, log_t,
                           scalar, 0, scale, torch.zeros(d, dtype=dtype, device=device), m2, 0, 0)
+
+    def _initial_scale(self, inverse_mass_matrix: torch.Tensor) -> torch.Tensor:
+        """Cholesky factor or marginal sds of a user's inverse mass matrix (one host read,
+        at set-up)."""
+        name, d, m = "inverse_mass_matrix", self.dim, inverse_mass_matrix
+        if self.mass_matrix == "identity":
+            raise ValueError(f"{name}: not used with mass_matrix='identity'")
+        if m.shape not in ((d,), (d, d)):
+            raise ValueError(f"{name}: expected shape ({d},) or ({d}, {d}) for {d} "
+                             f"unconstrained coordinates, got {tuple(m.shape)}")
+        if not bool(torch.isfinite(m).all()):
+            raise ValueError(f"{name}: not finite")
+        if m.dim() == 2 and not self.dense:
+            m = m.diagonal()
+        if m.dim() == 1:
+            if not bool((m > 0).all()):
+                raise ValueError(f"{name}: not positive")
+            return m.sqrt() if not self.dense else torch.diag_embed(m.sqrt())
+        chol, info = torch.linalg.cholesky_ex(m)
+        if int(info) != 0 or not bool(torch.allclose(m, m.mT)):
+            raise ValueError(f"{name}: not symmetric positive definite")
+        return chol
 
     # -- what the sampler needs ------------------------------------------------------------
     def num_steps(self, t: int, ratio: float) -> int:
