@@ -55,6 +55,7 @@ from pyro.infer.mcmc import RandomWalkKernel
 from benchmarks._common import emit, parser, sync, time_per_call
 from pyro_dgm.compare import MODELS, default_settings
 from pyro_dgm.compare._arviz import arviz
+from pyro_dgm.compare.methods.samplers import hmc_kernel
 from pyro_dgm.compare.methods.starts import init_to_jittered, jittered_starts, map_start
 from pyro_dgm.compare.settings import Problem
 from pyro_dgm.data import load_tabular
@@ -89,16 +90,28 @@ def min_ess(draws: torch.Tensor) -> float:
     return float(np.min(ess))
 
 
-def map_init(kernel, problem: Problem, chains: int, device="cpu") -> float:
-    """Set ``kernel.initial_params`` to jittered MAP starts; return the seconds it took."""
+def clock() -> tuple[float, float]:
+    """Wall and process CPU seconds now (one thread: CPU seconds stand in for the wall time
+    of a quiet machine on a shared one)."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    now = clock()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def map_init(kernel, problem: Problem, chains: int, device="cpu") -> tuple[float, float]:
+    """Set ``kernel.initial_params`` to jittered MAP starts; return the (wall, CPU) seconds
+    it took."""
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     init, _ = jittered_starts(problem, default_settings(device=device, progress=False), chains)
     if init is None:
         raise ValueError(f"{problem.name}: no MAP start")
     kernel.initial_params = init
     sync(device)
-    return time.perf_counter() - start
+    return since(start)
 
 
 def map_start_point(problem: Problem, device="cpu") -> dict:
@@ -106,19 +119,21 @@ def map_start_point(problem: Problem, device="cpu") -> dict:
     return map_start(problem, default_settings(device=device, progress=False))
 
 
-def run(mcmc, problem, device="cpu", extra_s: float = 0.0):
-    """Run ``mcmc``; ``extra_s`` (e.g. a MAP fit for the start) counts in the wall time."""
+def run(mcmc, problem, device="cpu", extra: tuple[float, float] = (0.0, 0.0)):
+    """Run ``mcmc``; ``extra`` (wall, CPU seconds of e.g. a MAP fit for the start) counts in
+    its times."""
     sync(device)
-    start = time.perf_counter() - extra_s
+    start = clock()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mcmc.run(*problem.args, **problem.kwargs)
     sync(device)
-    wall = time.perf_counter() - start
+    wall, cpu = since(start)
+    wall, cpu = wall + extra[0], cpu + extra[1]
     draws = flat_draws(mcmc.get_samples(group_by_chain=True))
     ess = min_ess(draws)
-    return {"wall_s": wall, "min_ess": ess, "ess_per_s": ess / wall,
-            "draws": int(draws.shape[0] * draws.shape[1])}, draws
+    return {"wall_s": wall, "cpu_s": cpu, "min_ess": ess, "ess_per_s": ess / wall,
+            "ess_per_cpu_s": ess / cpu, "draws": int(draws.shape[0] * draws.shape[1])}, draws
 
 
 def interleaved_times(fn_a, fn_b, *, repeat: int, rounds: int, device="cpu"):
@@ -161,44 +176,50 @@ def bench_target(problem: Problem, sizes: dict, configs, chains: int, quick: boo
     results = {}
     for full, jit in configs:
         n, w = sizes["pyro_nuts"]
-        map_s, init = 0.0, {}
+        map_s, init = (0.0, 0.0), {}
         if map_start:
-            start = time.perf_counter()
+            start = clock()
             point = map_start_point(problem, device)
-            map_s = time.perf_counter() - start
+            map_s = since(start)
             init = {"init_strategy": init_to_jittered(point)}
         kernel = NUTS(problem.model, full_mass=full, jit_compile=jit, ignore_jit_warnings=True,
                       max_plate_nesting=problem.max_plate_nesting, **init)
         results[nuts_name(full, jit)], nuts_draws = run(
-            PyroMCMC(kernel, n, warmup_steps=w, disable_progbar=True), problem, extra_s=map_s)
-        results[nuts_name(full, jit)].update(full_mass=full, jit_compile=jit, map_s=map_s)
+            PyroMCMC(kernel, n, warmup_steps=w, disable_progbar=True), problem, extra=map_s)
+        results[nuts_name(full, jit)].update(full_mass=full, jit_compile=jit, map_s=map_s[0])
     if with_rw:
         n, w = sizes["pyro_rw"]
         results["pyro_rw"], _ = run(PyroMCMC(RandomWalkKernel(problem.model), n,
                                              warmup_steps=w, disable_progbar=True), problem)
-    best = max((k for k in results if k.startswith("pyro_nuts_")),
-               key=lambda k: results[k]["ess_per_s"])
-    results["pyro_nuts_best"] = best
+    nuts = [k for k in results if k.startswith("pyro_nuts_")]
+    best = max(nuts, key=lambda k: results[k]["ess_per_s"])
+    best_cpu = max(nuts, key=lambda k: results[k]["ess_per_cpu_s"])
+    results["pyro_nuts_best"], results["pyro_nuts_best_cpu"] = best, best_cpu
 
     n, w = sizes["ours_mh"]
     mh = RandomWalkMH(problem.model, max_plate_nesting=problem.max_plate_nesting)
-    map_s = map_init(mh, problem, chains, device) if map_start else 0.0
+    map_s = map_init(mh, problem, chains, device) if map_start else (0.0, 0.0)
     mcmc = MCMC(mh, n, warmup_steps=w, num_chains=chains, chain_method="vectorized",
                 disable_progbar=True)
-    results["ours_mh"], _ = run(mcmc, problem, device, extra_s=map_s)
-    results["ours_mh"].update(chains=chains, map_s=map_s)
+    results["ours_mh"], _ = run(mcmc, problem, device, extra=map_s)
+    results["ours_mh"].update(chains=chains, map_s=map_s[0])
 
     n, w = sizes["ours_hmc"]
-    hmc = ChEESHMC(problem.model, max_plate_nesting=problem.max_plate_nesting)
-    map_s = map_init(hmc, problem, chains, device) if map_start else 0.0
+    map_s = (0.0, 0.0)
+    if map_start:  # as the comparison method hmc: jittered MAP starts, Laplace metric
+        start = clock()
+        hmc, _ = hmc_kernel(problem, default_settings(device=device, progress=False), chains)
+        map_s = since(start)
+    else:
+        hmc = ChEESHMC(problem.model, max_plate_nesting=problem.max_plate_nesting)
     steps = []
     mcmc = MCMC(hmc, n, warmup_steps=w, num_chains=chains, chain_method="vectorized",
                 disable_progbar=True,
                 hook_fn=lambda k, p, stage, i: steps.append(k.adapter.num_steps(
                     k._t - 1, k._ratio if k._ratio is not None else k._lagged.read())))
-    results["ours_hmc"], hmc_draws = run(mcmc, problem, device, extra_s=map_s)
+    results["ours_hmc"], hmc_draws = run(mcmc, problem, device, extra=map_s)
     grads = chains * (sum(steps) + 1)
-    results["ours_hmc"].update(chains=chains, map_s=map_s, step_size=hmc.step_size,
+    results["ours_hmc"].update(chains=chains, map_s=map_s[0], step_size=hmc.step_size,
                                trajectory_length=hmc.trajectory_length,
                                grad_evals=grads,
                                grad_evals_per_ess=grads / results["ours_hmc"]["min_ess"])
@@ -230,9 +251,11 @@ def bench_target(problem: Problem, sizes: dict, configs, chains: int, quick: boo
     diff = (nuts_draws.reshape(-1, sd.shape[0]).mean(0)
             - hmc_draws.reshape(-1, sd.shape[0]).mean(0)).abs() / sd
     results["max_mean_diff_nuts_vs_hmc_sd"] = float(diff.max())
-    base = results[best]["ess_per_s"]
+    base, base_cpu = results[best]["ess_per_s"], results[best_cpu]["ess_per_cpu_s"]
     ratios = {
         "ours_hmc_vs_best_pyro_nuts_ess_per_s": results["ours_hmc"]["ess_per_s"] / base,
+        "ours_hmc_vs_best_pyro_nuts_ess_per_cpu_s": (results["ours_hmc"]["ess_per_cpu_s"]
+                                                     / base_cpu),
         "ours_mh_vs_best_pyro_nuts_ess_per_s": results["ours_mh"]["ess_per_s"] / base,
         "hmc_step_vs_grad_times_leapfrog": t_step / (mean_steps * t_grad),
         "mh_step_vs_potential_time": mh_ratio,

@@ -41,10 +41,11 @@ DTYPE_NAMES = ("float32", "float64")
 # --- pyro-dgm compare --------------------------------------------------------------------
 #: model of ``pyro-dgm compare`` when none is named
 COMPARE_MODEL = "fa"
-#: methods of ``pyro-dgm compare`` when none are named
-COMPARE_METHODS = ("nuts", "meanfield", "fullrank", "laplace")
-#: reference method the others are compared with
-COMPARE_REFERENCE = "nuts"
+#: methods of ``pyro-dgm compare`` when none are named (``nuts``, Pyro's NUTS, stays
+#: available by name)
+COMPARE_METHODS = ("hmc", "meanfield", "fullrank", "laplace")
+#: reference method the others are compared with: ChEES-HMC, 64 chains in lockstep
+COMPARE_REFERENCE = "hmc"
 #: run sizes: MCMC chains x (warm-up + draws) and SVI steps, for a full and a quick run
 #: (quick: chains start at the MAP point, so 100 warm-up steps suffice); a method without
 #: a warm-up setting warms up for as many steps as it keeps draws

@@ -40,7 +40,7 @@ from pyro_dgm.inference.chees import ChEESHMC
 from pyro_dgm.inference.gibbs import Gibbs
 from pyro_dgm.inference.random_walk_mh import RandomWalkMH
 
-__all__ = ["HMC_CHAINS", "LAPLACE_TRAJECTORY", "MIN_MH_CHAINS", "hmc_settings"]
+__all__ = ["HMC_CHAINS", "LAPLACE_TRAJECTORY", "MIN_MH_CHAINS", "hmc_kernel", "hmc_settings"]
 
 #: chains of the ``hmc`` method: cross-chain adaptation wants many
 HMC_CHAINS = COMPARE_HMC_RUN["full"]["num_chains"]
@@ -90,12 +90,15 @@ def hmc_settings(settings: Settings) -> Settings:
     return settings
 
 
-@register_method("hmc", kind="mcmc", description=f"ChEES-HMC, {HMC_CHAINS} chains in lockstep "
-                 "from jittered MAP starts")
-def run_hmc(problem: Problem, settings: Settings):
-    settings = hmc_settings(settings)
-    chains = max(settings.num_chains, HMC_CHAINS) if problem.vectorizable else \
-        settings.num_chains
+def hmc_kernel(problem: Problem, settings: Settings, chains: int) -> tuple[ChEESHMC, str]:
+    """The ``hmc`` method's kernel for ``chains`` chains, and how its chains start: at the
+    jittered MAP point under the Laplace metric with :data:`LAPLACE_TRAJECTORY` where a
+    MAP (and a positive definite Hessian) exists, else at the prior median, identity metric.
+
+    Example::
+
+        >>> kernel, start = hmc_kernel(problem, settings, 64)
+    """
     try:
         point = map_start(problem, settings)
     except (NotImplementedError, ValueError):  # no MAP: jittered_starts says why
@@ -109,6 +112,16 @@ def run_hmc(problem: Problem, settings: Settings):
         kernel.initial_params = init
     if metric is not None:
         start += ", Laplace metric"
+    return kernel, start
+
+
+@register_method("hmc", kind="mcmc", description=f"ChEES-HMC, {HMC_CHAINS} chains in lockstep "
+                 "from jittered MAP starts")
+def run_hmc(problem: Problem, settings: Settings):
+    settings = hmc_settings(settings)
+    chains = max(settings.num_chains, HMC_CHAINS) if problem.vectorizable else \
+        settings.num_chains
+    kernel, start = hmc_kernel(problem, settings, chains)
     idata = run_vectorized(kernel, problem, settings, chains)
     attrs = {"chain_start": start}
     if chains >= 2 * NESTED_RHAT_SUPERCHAINS and chains % NESTED_RHAT_SUPERCHAINS == 0:
