@@ -9,7 +9,9 @@ Targets:
   ``MODELS.get("fa").build(default_settings())``, 51 parameters).
 
 Figure: minimum over all coordinates of the bulk ESS (ArviZ, all chains together) per second
-of wall time of the whole run, warm-up included, for
+of wall time of the whole run, warm-up included (``ess_per_s``), and per second of the
+process's CPU time (``ess_per_cpu_s``: every sampler runs on one thread, so on a machine
+shared with other jobs the CPU seconds stand in for the wall time of a quiet one), for
 
 - ``pyro_nuts_<mass>_<jit>``: Pyro's ``NUTS``, one chain, diagonal or dense mass
   (``full_mass``), with or without ``jit_compile``; the best of them is *the* baseline
@@ -22,10 +24,12 @@ Chain starts (``settings.starts``): on ``logreg`` the samplers' own (prior draws
 the prior median for Pyro's); on ``fa`` ``ours_mh`` and ``ours_hmc`` start as the
 comparison method ``hmc`` does, at the jittered MAP point
 (:func:`pyro_dgm.compare.methods.starts.jittered_starts`: the best of 4 L-BFGS MAP fits plus
-N(0, 0.1^2) noise per chain in unconstrained space), and the MAP fit's time counts in
-their wall time (``map_s``); Pyro's NUTS starts there too (``init_to_jittered`` around the
-same kind of MAP fit, also timed), as the comparison method ``nuts`` does: from the prior
-median its chain can sit in a minor mode of the FA posterior.
+N(0, 0.1^2) noise per chain in unconstrained space; ``ours_hmc`` also under the Laplace
+metric at that point, :func:`pyro_dgm.compare.methods.samplers.hmc_kernel`), and the MAP
+fit's (and Hessian's) time counts in their times (``map_s``); Pyro's NUTS starts there
+too (``init_to_jittered`` around the same kind of MAP fit, also timed), as the comparison
+method ``nuts`` does: from the prior median its chain can sit in a minor mode of the FA
+posterior.
 
 Also: gradient evaluations per effective sample of ``ours_hmc`` (leapfrog steps of all
 chains, warm-up included, over min ESS); one ChEES-HMC chain step against one batched
