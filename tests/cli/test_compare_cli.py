@@ -28,6 +28,8 @@ def test_compare_writes_report(tmp_path, capsys):
     assert nuts.posterior.attrs["chain_start"] == "MAP + jitter 0.1"
     table = pd.read_csv(out / "comparison.csv")
     assert set(table["method"]) == {"nuts", "meanfield"}
+    # hmc (the default reference) does not run: the MCMC method named is the reference
+    assert float(table.loc[table["method"] == "nuts", "std_mean_error"].abs().max()) == 0
     printed = capsys.readouterr().out
     assert "| method |" in printed and "index.md" in printed
 
@@ -36,6 +38,7 @@ def test_compare_writes_report(tmp_path, capsys):
     (["compare", "--model", "nope"], "unknown model 'nope'"),
     (["compare", "--methods", "nuts,magic"], "unknown method 'magic'"),
     (["compare", "--methods", "meanfield"], "reference 'hmc'"),
+    (["compare", "--methods", "meanfield,laplace", "--reference", "nuts"], "reference 'nuts'"),
     (["compare", "--num-samples", "0"], "num_samples"),
     (["compare", "--device", "tpu"], "device"),
     (["compare", "--bogus"], "unrecognized arguments"),
