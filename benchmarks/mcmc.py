@@ -307,7 +307,9 @@ def main(argv=None):
                 "chains": args.chains, "targets": targets,
                 "starts": {t: ("every sampler: jittered MAP (best of 4 L-BFGS fits + "
                                "N(0, 0.1^2) unconstrained; the MAP fit's time is in wall_s, "
-                               "and in map_s)") if STARTS[t] == "map" else
+                               "and in map_s); ours_hmc also from the Laplace metric at "
+                               "the MAP point, T0 = 2.25 (hmc_kernel)") if STARTS[t] == "map"
+                           else
                            "ours: prior draws; NUTS: prior median" for t in targets},
                 "draws_warmup": {t: {k: list(v) for k, v in sizes[t].items()} for t in targets},
                 "nuts_configs": {t: [nuts_name(*c) for c in configs[t]] for t in targets},
