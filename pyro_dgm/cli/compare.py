@@ -62,13 +62,14 @@ def add_parser(subparsers) -> None:
 def _list() -> int:
     from pyro_dgm.compare.registry import METHODS, MODELS
 
+    width = max(map(len, MODELS.names() + METHODS.names()))
     print("models:")
     for name in MODELS.names():
-        print(f"  {name:16s} {MODELS.get(name).description}")
+        print(f"  {name:{width}s} {MODELS.get(name).description}")
     print("methods:")
     for name in METHODS.names():
         entry = METHODS.get(name)
-        print(f"  {name:16s} [{entry.kind}] {entry.description}")
+        print(f"  {name:{width}s} [{entry.kind}] {entry.description}")
     return 0
 
 

@@ -12,7 +12,10 @@ threads: these small networks run much faster single-threaded on a loaded machin
 ``--out`` must not hold another run's checkpoints unless ``--overwrite``; ``--resume DIR
 --checkpoint FILE`` continues from an earlier checkpoint than the newest. With
 ``--distributed``, ``--timeout`` (seconds) bounds how long a process waits for a stuck
-one before it stops with a message naming it.
+one before it stops with a message naming it. ``--compile`` runs every step as one
+captured graph (:func:`pyro_dgm.inference.compile_loss`): the same draws, gradients and
+metrics, without Pyro's per-step Python; it is not stored in the config, so a run may be
+resumed with or without it.
 
 Bad input is one ``ValueError`` naming the option (``--seed: must be >= 0, got -1``),
 raised before any directory is created.
@@ -77,6 +80,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace another run's checkpoints and run files in --out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="run each step as one captured graph (pyro_dgm.inference."
+                        "compile_loss): same draws and metrics, less Python per step")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel training over the processes started by `torchrun` "
                    "(gloo on CPU, NCCL on CUDA); --batch-size is the total over processes")
@@ -165,14 +171,14 @@ def run(args: argparse.Namespace) -> int:
     config, out, resume = _config(args, given)
     if not args.distributed:
         result = train(config, out, resume=resume, progress=not args.no_progress,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, compile=args.compile)
     else:
         from pyro_dgm.distributed import DDPStrategy, StuckRankError
 
         try:
             result = train(config, out, resume=resume, progress=not args.no_progress,
                            strategy=DDPStrategy(timeout=args.timeout),
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, compile=args.compile)
         except StuckRankError as e:  # not a usage error: exit status 1, one line
             print(f"pyro-dgm train: {e}", file=sys.stderr)
             return 1
@@ -181,4 +187,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"epoch {last['epoch']}: train loss {last['train_loss']:.3f}, "
               f"test ELBO {last['test_elbo']:.3f} nats/image; run in {result.out}",
               file=sys.stdout)
+        if result.compile_seconds is not None:
+            print(f"compiled step: {result.compile_seconds:.2f} s tracing (not in the "
+                  "epochs' seconds)", file=sys.stdout)
     return 0

@@ -113,7 +113,9 @@ def run_comparison(
 
     Torch runs with ``settings.threads`` intra-op threads for the whole comparison (default
     :func:`~pyro_dgm.compare.settings.num_threads`: the cores divided by the MCMC chain
-    processes, which inherit the setting), restored afterwards.
+    processes, which inherit the setting) and with ``settings.dtype`` as its default dtype
+    (so a model whose data are all integers, or whose priors are built from Python numbers,
+    still runs in the dtype asked for), both restored afterwards.
 
     :param model: a name in :data:`pyro_dgm.compare.registry.MODELS`, ``"PATH.py:FUNCTION"``
         (a model function in a file, called without data), or a
@@ -145,19 +147,22 @@ def run_comparison(
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods: duplicate names in {methods}")
     log = log or (lambda *a: None)
-    pyro.set_rng_seed(settings.seed)
-    problem = entry.build(settings)
-    ref_name, external, source = _reference(reference, problem, methods)
-    staging = ReportDir(out, overwrite=overwrite) if out is not None else None
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads(settings))
+    previous_threads, previous_dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_default_dtype(settings.dtype)
+    staging = None
     try:
+        pyro.set_rng_seed(settings.seed)
+        problem = entry.build(settings)
+        ref_name, external, source = _reference(reference, problem, methods)
+        staging = ReportDir(out, overwrite=overwrite) if out is not None else None
+        torch.set_num_threads(num_threads(settings))
         log(f"model {entry.name}: {problem.description}")
         log(f"reference: {ref_name} ({source})")
         result = _run(entry.name, problem, entries, (ref_name, external, source), settings,
                       staging, log)
     finally:
         torch.set_num_threads(previous_threads)
+        torch.set_default_dtype(previous_dtype)
         if staging is not None:
             staging.discard()
     return result

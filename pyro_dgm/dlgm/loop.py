@@ -62,7 +62,7 @@ from pyro_dgm.dlgm.config import TrainConfig, check_device, load_data
 from pyro_dgm.dlgm.guides import build, build_objective
 from pyro_dgm.dlgm.rundir import check_run_dir, clear_run_dir, new_identity, write_run_file
 from pyro_dgm.dlgm.strategy import LocalStrategy, Strategy
-from pyro_dgm.inference import NonFiniteLossError
+from pyro_dgm.inference import NonFiniteLossError, compile_loss
 from pyro_dgm.models.dlgm import DLGM
 
 __all__ = ["PLOT_EVERY", "TrainResult", "train"]
@@ -81,6 +81,8 @@ class TrainResult:
     :param out: the run directory (``None``: nothing was written).
     :param is_main: whether this process is the main one (the one that wrote the files;
         always ``True`` in a single process).
+    :param compile_seconds: with ``compile=True``, the seconds spent tracing (and
+        compiling) the step, kept apart from the epochs' ``seconds``.
     """
 
     model: DLGM
@@ -88,6 +90,8 @@ class TrainResult:
     history: list[dict]
     out: Path | None
     is_main: bool = True
+    #: seconds spent tracing the compiled step (``None``: not compiled)
+    compile_seconds: float | None = None
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:
@@ -180,7 +184,8 @@ def _step(step_module, optimizer, x, idx, params, epoch: int, step: int,
 
 def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
           resume: bool | dict = False, progress: bool = True,
-          strategy: Strategy | None = None, overwrite: bool = False) -> TrainResult:
+          strategy: Strategy | None = None, overwrite: bool = False,
+          compile: bool = False) -> TrainResult:
     """Train (or continue training) a DLGM; see the module docstring.
 
     :param config: the run. With ``resume=True`` every field but ``epochs`` comes from the
@@ -194,6 +199,10 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
         :class:`~pyro_dgm.dlgm.LocalStrategy`); closed when the loop ends.
     :param overwrite: a fresh run may replace another run in ``out`` (its checkpoints and
         run files are removed first); without it such a directory is an error.
+    :param compile: run the objective through
+        :func:`~pyro_dgm.inference.compile_loss` (one captured graph per batch shape; the
+        same draws and gradients as without it, so the same metrics and an exact resume).
+        Not part of the config: a run may be resumed with or without it.
     :raises ValueError: bad config or device, ``out`` holding another run, data the model
         cannot take, resume without checkpoint, a loss that is not finite.
 
@@ -214,7 +223,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
                                        num_data=num_data)
         x0 = load_data(config, 0, "train")  # its own generators: no global random state
         with pyro.settings.context(module_local_params=True):
-            return _loop(config, out, state, x0, strategy, progress, overwrite)
+            return _loop(config, out, state, x0, strategy, progress, overwrite, compile)
     except Exception as error:
         better = strategy.explain(error)
         if better is error:
@@ -225,12 +234,13 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
 
 
 def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.Tensor,
-          strategy: Strategy, progress: bool, overwrite: bool) -> TrainResult:
+          strategy: Strategy, progress: bool, overwrite: bool, compile: bool) -> TrainResult:
     pyro.set_rng_seed(config.seed)
     x_test = load_data(config, None, "test")
     model, guide = build(config, x0)
     model.check_data(x0, "data")
-    loss_module = build_objective(config)(model, guide)
+    objective = compile_loss(build_objective(config)) if compile else build_objective(config)
+    loss_module = objective(model, guide)
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=config.lr)
     history: list[dict] = []
     start = 0
@@ -300,4 +310,5 @@ def _loop(config: TrainConfig, out: Path | None, state: dict | None, x0: torch.T
                 "optimizer": optimizer.state_dict(), "rng": capture_rng_state(),
                 "run": identity, "extra": {"history": history}})
     bar.close()
-    return TrainResult(model, guide, history, out, is_main=main)
+    return TrainResult(model, guide, history, out, is_main=main,
+                       compile_seconds=objective.compile_seconds if compile else None)

@@ -26,6 +26,10 @@ Pathfinder (``docs/pathfinder.md``): :class:`Pathfinder`, an autoguide fitted by
 with the quasi-Newton Gaussian of Zhang et al. (2022); :func:`init_to_pathfinder`, an MCMC
 start drawn from it; :func:`psis_smooth`, Pareto-smoothed importance weights and k-hat.
 
+Compiled steps: :func:`compile_loss` wraps any objective so that its steps run as one
+captured graph of (parameters, data) -> (loss, gradients), without Pyro's per-step Python
+(:class:`CompiledELBO`, ``docs/performance.md``).
+
 Guides: :class:`FlowGuide` (normalizing flow over all latents) and
 :class:`AmortizedFlowGuide` (encoder + conditional planar/radial/IAF/Real NVP flows for
 local latents), see ``docs/flows.md``.
@@ -37,6 +41,7 @@ from pyro_dgm.inference.chain_health import ChainHealthWarning
 from pyro_dgm.inference.chain_model import ChainModel, NotVectorizable
 from pyro_dgm.inference.chees import ChEESHMC
 from pyro_dgm.inference.chees_adaptation import ChEESAdapter, ChEESInfo, ChEESState
+from pyro_dgm.inference.compiled import CompiledELBO, CompileFallbackWarning, compile_loss
 from pyro_dgm.inference.flows import (
     AmortizedFlowGuide,
     FlowDistribution,
@@ -55,6 +60,9 @@ from pyro_dgm.inference.psis import psis_smooth
 from pyro_dgm.inference.random_walk_mh import RandomWalkMH
 
 __all__ = [
+    "CompileFallbackWarning",
+    "CompiledELBO",
+    "compile_loss",
     "AmortizedFlowGuide",
     "BiasedSubsampleWarning",
     "ChEESAdapter",

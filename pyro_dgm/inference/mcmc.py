@@ -68,6 +68,10 @@ class VectorizedKernel(MCMCKernel):
     """
 
     vectorizable = True
+    #: evaluate the batched potential through
+    #: :class:`~pyro_dgm.inference.compiled_potential.CompiledPotential` (one captured graph
+    #: per signature instead of a Pyro model run per call); set before the run
+    compile_potential = False
     _initial_params = None
     _user_init = None
 
@@ -116,10 +120,10 @@ class VectorizedKernel(MCMCKernel):
         self.transforms = {name: s.to_constrained.inv for name, s in cm.sites.items()}
         return cm
 
-    @staticmethod
-    def _chain_potential(cm: ChainModel, grad: bool = False):
+    def _chain_potential(self, cm: ChainModel, grad: bool = False):
         """:math:`U(u) = -\\log p(T(u), x) - \\log|\\det J_T(u)|` of every chain, ``(C,)``,
-        from unconstrained ``{site: (C, *shape)}`` (one model run; ``grad``: differentiable)."""
+        from unconstrained ``{site: (C, *shape)}`` (one model run; ``grad``: differentiable;
+        compiled with :attr:`compile_potential`)."""
         sites = cm.sites
 
         def potential(params: dict) -> torch.Tensor:
@@ -130,6 +134,10 @@ class VectorizedKernel(MCMCKernel):
                 ladj = ladj + j.reshape(cm.num_chains, -1).sum(-1)
             return -(cm.log_joint(values, grad=grad) + ladj)
 
+        if self.compile_potential:
+            from pyro_dgm.inference.compiled_potential import CompiledPotential
+
+            return CompiledPotential(potential)
         return potential
 
     def _chain_init(self, cm: ChainModel, potential, initial_params: dict | None) -> dict:

@@ -96,3 +96,21 @@ def test_a_file_beside_the_model_can_be_imported(tmp_path):
     (tmp_path / "helpers_um.py").write_text("SCALE = 3.0\n")
     path = _write(tmp_path, "from helpers_um import SCALE\n\ndef model():\n    return SCALE\n")
     assert load_model_function(f"{path}:model")() == 3.0
+
+
+def test_integer_only_data_runs_in_the_dtype_asked_for(tmp_path):
+    """With no floating-point array to follow, the comparison's default dtype is --dtype."""
+    from pyro_dgm.compare.runner import run_comparison
+
+    path = _write(tmp_path, "def model(counts):\n"
+                  "    rate = pyro.sample('rate', dist.Gamma(2.0, 1.0))\n"
+                  "    with pyro.plate('data', counts.shape[0]):\n"
+                  "        pyro.sample('counts', dist.Poisson(rate), obs=counts)\n")
+    data = tmp_path / "counts.json"
+    data.write_text('{"counts": [3, 1, 4, 1, 5]}')
+    before = torch.get_default_dtype()
+    settings = default_settings(quick=True, num_steps=50, dtype=torch.float64, progress=False)
+    result = run_comparison(file_model(f"{path}:model", data), ["meanfield", "laplace"],
+                            reference="laplace", settings=settings, log=None)
+    assert result.idatas["meanfield"].posterior["rate"].dtype == np.float64
+    assert torch.get_default_dtype() == before

@@ -28,6 +28,7 @@ from pyro_dgm.distributed import (
     rank_seed,
     reduce_mean,
 )
+from pyro_dgm.inference import compile_loss
 from pyro_dgm.models.factor_analysis import FactorAnalysis
 
 NUM_DATA = 8
@@ -55,18 +56,25 @@ def _fa(marginalize: bool):
     return fa, guide, x
 
 
-def _ddp_step(rank, world, marginalize):
-    """One DDP step; the reference is the full batch (global latents) or per-shard runs."""
+def _ddp_step(rank, world, marginalize, compiled=False):
+    """One DDP step; the reference is the full batch (global latents) or per-shard runs
+    (``compiled``: the DDP step runs ``compile_loss(Trace_ELBO())``, the references the
+    ordinary objective)."""
     fa, guide, x = _fa(marginalize)
     pyro.set_rng_seed(0)
     loader = ShardedIndexLoader(NUM_DATA, NUM_DATA // world, seed=3)
     idx = next(iter(loader))
-    ddp = distribute_objective(Trace_ELBO(), fa, guide, x, subsample=idx)
+    ddp = distribute_objective(compile_loss(Trace_ELBO(), backend="fx") if compiled else
+                               Trace_ELBO(), fa, guide, x, subsample=idx)
     initial = copy.deepcopy(ddp.module)
+    initial.elbo = Trace_ELBO()  # the references: the ordinary objective
     pyro.set_rng_seed(1)
     loss = ddp(x, subsample=idx)
     loss.backward()
     out = {"grads": _grads(ddp.module), "loss": reduce_mean(loss)}
+    if compiled:  # how many graphs ran, and no fallback
+        elbo = ddp.module.elbo
+        out["graphs"] = torch.tensor(-1 if elbo.fallbacks else elbo.num_traces)
     if rank == 0:
         if marginalize:  # the global batch is the whole data set
             ref = copy.deepcopy(initial)
@@ -171,6 +179,8 @@ def _chains(rank, world):
 SCENARIOS = {
     "global": lambda r, w: _ddp_step(r, w, marginalize=True),
     "local": lambda r, w: _ddp_step(r, w, marginalize=False),
+    "global_compiled": lambda r, w: _ddp_step(r, w, marginalize=True, compiled=True),
+    "local_compiled": lambda r, w: _ddp_step(r, w, marginalize=False, compiled=True),
     "iwae_global": _iwae_global,
     "chains": _chains,
 }

@@ -31,7 +31,10 @@ def _assert_grads_close(grads, ref):
         torch.testing.assert_close(g, ref[name], rtol=0, atol=TOL, msg=name)
 
 
-@pytest.mark.parametrize("scenario", ["global", "local"])
+SCENARIOS = ["global", "local", "global_compiled", "local_compiled"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_ddp_gradients_match_single_process(results, scenario):
     # global latents only: the DDP gradient is the full-batch gradient; with local latents
     # it is the mean of the single-process gradients of the two shards
@@ -40,9 +43,11 @@ def test_ddp_gradients_match_single_process(results, scenario):
         _assert_grads_close(results[rank][scenario]["grads"], ref)
         torch.testing.assert_close(results[rank][scenario]["loss"],
                                    results[0][scenario]["ref_loss"], rtol=0, atol=TOL)
+        if scenario.endswith("compiled"):  # the compiled step ran (one graph, no fallback)
+            assert int(results[rank][scenario]["graphs"]) == 1
 
 
-@pytest.mark.parametrize("scenario", ["global", "local"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_parameters_identical_after_a_step(results, scenario):
     for rank in range(WORLD):
         params = results[rank][scenario]["params_all_ranks"]

@@ -7,11 +7,7 @@ batching and bad input. The Stan-computed fixtures are checked in
 from __future__ import annotations
 
 import functools
-import io
-import json
-import subprocess
-import zipfile
-from pathlib import Path
+import math
 
 import numpy as np
 import pyro
@@ -21,43 +17,23 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from scipy import stats
 
+from pyro_dgm.data import posteriordb as pdb
 from pyro_dgm.data.arrays import to_tensors
 from pyro_dgm.models.posteriordb import posterior_model
 from pyro_dgm.models.posteriordb.arma11 import ARMA11, arma11, arma11_errors, arma11_series
 
-MIRROR = Path("/work/.mirror/stan-dev+posteriordb/repo")
 DRAWS = 5  # reference draws per posterior (first chain, evenly spaced)
-
-
-def _mirror_json(path: str):
-    if not MIRROR.exists():
-        pytest.skip("posteriordb mirror not available")
-    blob = subprocess.run(["git", "-C", str(MIRROR), "show", f"HEAD:posterior_database/{path}"],
-                          capture_output=True, check=True).stdout
-    with zipfile.ZipFile(io.BytesIO(blob)) as z:
-        return json.loads(z.read(z.namelist()[0]))
 
 
 @functools.cache
 def _load(posterior: str):
-    """(raw data dict, {parameter: array (DRAWS, *shape)}) of a posterior."""
-    info = json.loads(subprocess.run(
-        ["git", "-C", str(MIRROR), "show",
-         f"HEAD:posterior_database/posteriors/{posterior}.json"],
-        capture_output=True, check=True).stdout) if MIRROR.exists() else None
-    if info is None:
-        pytest.skip("posteriordb mirror not available")
-    data = _mirror_json(f"data/data/{info['data_name']}.json.zip")
-    chain = _mirror_json(f"reference_posteriors/draws/draws/{posterior}.json.zip")[0]
+    """(Stan-typed data, {parameter: array (DRAWS, *shape)}) of a posterior."""
+    if not pdb.posteriordb_available():
+        pytest.skip("no posteriordb bundle found (see docs/posteriordb.md)")
+    data = pdb.load_posteriordb_data(posterior)
+    chain = {k: v[0] for k, v in pdb.load_posteriordb_reference(posterior).items()}
     rows = np.linspace(0, len(next(iter(chain.values()))) - 1, DRAWS).astype(int)
-    draws: dict[str, np.ndarray] = {}
-    for key in chain:  # "beta[1]", "beta[2]", ... -> "beta" of shape (DRAWS, K)
-        name = key.split("[")[0]
-        if name not in draws:
-            columns = [c for c in chain if c.split("[")[0] == name]
-            values = np.stack([np.asarray(chain[c])[rows] for c in columns], -1)
-            draws[name] = values if "[" in key else values[:, 0]
-    return data, draws
+    return data, {k: v[rows] for k, v in chain.items()}
 
 
 def _np_arma(d, p):
@@ -182,12 +158,14 @@ def test_unbatched_trace_equals_batched(posterior):
 
 
 def test_float_data_equal_integer_data():
-    """posteriordb stores nes2000's columns as integers; float columns give the same."""
+    """posteriordb's JSON stores nes2000's columns as integers (a file read by
+    ``to_tensors`` gives ``long`` tensors); they score as the Stan-typed float columns do."""
     data, draws = _load("nes2000-nes")
-    as_float = {k: (np.asarray(v, float) if isinstance(v, list) and k != "age_discrete" else v)
-                for k, v in data.items()}
+    as_int = {k: (v.astype(np.int64) if v.dtype.kind == "f" and np.all(v == np.round(v))
+                  else v) for k, v in data.items()}
+    assert as_int["partyid7"].dtype == np.int64 and as_int["race_adj"].dtype == np.float64
     model = posterior_model("nes2000-nes")
-    torch.testing.assert_close(_log_joint(_batched_trace(model, as_float, draws, torch.float64)),
+    torch.testing.assert_close(_log_joint(_batched_trace(model, as_int, draws, torch.float64)),
                                _log_joint(_batched_trace(model, data, draws, torch.float64)),
                                rtol=1e-14, atol=0.0)
 
@@ -266,3 +244,28 @@ def test_arma_series_inverts_errors_and_samples():
     torch.testing.assert_close(d.log_prob(y).sum(-1),
                                torch.distributions.Normal(0, sigma).log_prob(z * sigma).sum(-1))
     assert d.expand((5, 2, 400)).log_prob(y[0]).shape == (5, 2, 400)
+
+
+@pytest.mark.parametrize("posterior", sorted(CASES))
+def test_unconditioned_trace_follows_the_data_dtype(posterior, dtype):
+    """With Stan-typed data (reals as floats), a trace at prior draws / flat-prior starting
+    points runs, in the data's dtype."""
+    data, _ = _load(posterior)
+    pyro.set_rng_seed(0)
+    trace = poutine.trace(posterior_model(posterior)).get_trace(
+        **to_tensors(data, dtype=dtype))
+    trace.compute_log_prob()
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            assert site["value"].dtype == dtype and site["log_prob"].dtype == dtype, name
+            assert torch.isfinite(site["log_prob"]).all() or name == CASES[posterior][1], name
+
+
+def test_arma_overflow_gives_minus_infinity():
+    """Far out in theta the errors overflow (float32 from |theta| ~ 1.6): log density -inf,
+    no NaN and no validation error."""
+    y = torch.linspace(-1, 1, 200)
+    one = torch.ones(())
+    d = ARMA11(0 * one, 0.5 * one, 3.0 * one, one, 200)
+    lp = d.log_prob(y)
+    assert not lp.isnan().any() and lp.sum() == -math.inf

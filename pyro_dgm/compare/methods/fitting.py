@@ -20,7 +20,8 @@ from pyro_dgm._validation import check_int
 from pyro_dgm.compare.export import from_guide, from_mcmc
 from pyro_dgm.compare.settings import Problem, Settings, num_warmup
 from pyro_dgm.defaults import SVI_TOLERANCE, SVI_WINDOW
-from pyro_dgm.inference.mcmc import MCMC
+from pyro_dgm.inference.compiled import CompiledELBO, compile_loss
+from pyro_dgm.inference.mcmc import MCMC, VectorizedKernel
 
 __all__ = ["converged", "export_guide", "fit_svi", "run_vectorized", "vi_draws"]
 
@@ -65,6 +66,7 @@ def fit_svi(
     tol: float | None = None,
     cooldown: bool = True,
     desc: str = "SVI",
+    compile: bool = True,
 ) -> list[float]:
     """Optimize ``guide`` for ``problem`` with Adam, decaying the rate 10x over the step cap.
 
@@ -83,6 +85,9 @@ def fit_svi(
         (vectorized when the problem allows it).
     :param window: steps per smoothing window; ``tol``: relative tolerance (``0`` turns the
         rule off); ``cooldown``: decay the rate over one more window after a stop.
+    :param compile: run the steps through :func:`~pyro_dgm.inference.compile_loss` (the
+        same draws and gradients; where its guards fail it warns once and runs the
+        ordinary step).
     :return: the loss of every step taken (its length is the number of steps).
     """
     explicit = num_steps is not None
@@ -95,6 +100,8 @@ def fit_svi(
     if loss is None:
         loss = Trace_ELBO(num_particles=4, vectorize_particles=problem.vectorizable,
                           max_plate_nesting=problem.max_plate_nesting)
+    if compile and not isinstance(loss, CompiledELBO):
+        loss = compile_loss(loss)
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1.0 / num_steps)})
     svi = SVI(problem.model, guide, optim, loss)
     losses = []
@@ -117,9 +124,16 @@ def export_guide(problem: Problem, guide, settings: Settings, attrs: dict | None
                       attrs=attrs, **problem.kwargs)
 
 
-def run_vectorized(kernel, problem: Problem, settings: Settings, num_chains: int):
+def run_vectorized(kernel, problem: Problem, settings: Settings, num_chains: int,
+                   compile: bool = True):
     """Run ``kernel`` under :class:`pyro_dgm.inference.MCMC` with vectorized chains (Pyro's
-    one chain per process where the model does not broadcast) and export the draws."""
+    one chain per process where the model does not broadcast) and export the draws.
+
+    :param compile: evaluate the batched potential as a captured graph
+        (:attr:`~pyro_dgm.inference.VectorizedKernel.compile_potential`; the same values,
+        one warning and the ordinary potential where its guards fail)."""
+    if compile and isinstance(kernel, VectorizedKernel):
+        kernel.compile_potential = True
     mcmc = MCMC(kernel, num_samples=settings.num_samples, warmup_steps=num_warmup(settings),
                 num_chains=num_chains, disable_progbar=not settings.progress,
                 chain_method="vectorized")

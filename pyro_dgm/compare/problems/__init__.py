@@ -6,6 +6,8 @@
   regression (``bnn``);
 - :mod:`~pyro_dgm.compare.problems.mixture`: a Gaussian mixture with discrete assignments
   (``mixture``);
+- :mod:`~pyro_dgm.compare.problems.posteriordb`: eight posteriordb posteriors with their
+  reference draws (``posteriordb:<name>``);
 - :mod:`~pyro_dgm.compare.problems.user`: a model function of your own from a file, with a
   data file (``PATH.py:FUNCTION``; built by :func:`~pyro_dgm.compare.problems.user.file_model`,
   not registered).
@@ -15,6 +17,6 @@ a new one imported here), registered with
 :func:`pyro_dgm.compare.registry.register_model`.
 """
 
-from pyro_dgm.compare.problems import bnn, fa, mixture, user
+from pyro_dgm.compare.problems import bnn, fa, mixture, posteriordb, user
 
-__all__ = ["bnn", "fa", "mixture", "user"]
+__all__ = ["bnn", "fa", "mixture", "posteriordb", "user"]

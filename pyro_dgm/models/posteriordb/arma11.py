@@ -60,6 +60,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pyro
@@ -159,7 +160,14 @@ class ARMA11(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         err = arma11_errors(value, self.mu, self.phi, self.theta)
-        return dist.Normal(torch.zeros_like(self.sigma), self.sigma).log_prob(err)
+        log_prob = dist.Normal(torch.zeros_like(self.sigma), self.sigma,
+                               validate_args=False).log_prob(err)
+        # |theta| > 1 makes the errors grow like |theta|^t; past an overflow (float32 from
+        # |theta| ~ 1.6 at T = 200) the dense solve gives inf and then 0 * inf = NaN. With
+        # finite data and parameters that is a density of 0: -inf, not NaN.
+        finite = torch.isfinite(value) & torch.isfinite(self.mu) & torch.isfinite(
+            self.phi) & torch.isfinite(self.theta) & torch.isfinite(self.sigma)
+        return torch.where(finite & ~torch.isfinite(err), -math.inf, log_prob)
 
 
 def arma11(*, T: Any, y: Any) -> None:

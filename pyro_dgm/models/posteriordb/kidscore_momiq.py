@@ -22,7 +22,9 @@ ch. 3)::
 Sites (Stan statement → Pyro site):
 
 - ``vector[2] beta`` (no ``~``: Stan's flat prior) → ``beta``, event shape ``(2,)``,
-  :class:`~pyro.distributions.ImproperUniform` on the reals;
+  :class:`~pyro.distributions.ImproperUniform` on the reals (a
+  :class:`~pyro_dgm.models.posteriordb.improper.FlatPrior`, which initialization can draw
+  a starting point from);
 - ``sigma ~ cauchy(0, 2.5)`` on ``real<lower=0>`` → ``sigma`` with
   :class:`~pyro.distributions.HalfCauchy` ``(2.5)`` (twice Stan's unnormalized density on
   :math:`\sigma > 0`: a constant), measured on the positive reals in the constrained space
@@ -43,12 +45,6 @@ Credit: posteriordb (stan-dev/posteriordb, BSD-3-Clause), model ``kidscore_momiq
 Oliver Järnefelt, from stan-dev/example-models ``ARM/Ch.3/kidscore_momiq.stan``
 (A. Gelman and J. Hill, *Data Analysis Using Regression and Multilevel/Hierarchical
 Models*, Cambridge University Press, 2007).
-
-With Pyro's ``NUTS``, start the flat-prior sites from a value (they cannot be drawn)::
-
-    >>> init = init_to_value(values={"beta": torch.zeros(2), "sigma": torch.tensor(1.0)},
-    ...                      fallback=init_to_uniform)
-    >>> NUTS(kidscore_momiq, max_plate_nesting=1, init_strategy=init)
 
 Example::
 

@@ -27,7 +27,9 @@ with :math:`z` the height standardized by its sample mean and sample standard de
 Sites (Stan statement → Pyro site):
 
 - ``vector[4] beta`` (no ``~``) → ``beta``, event shape ``(4,)``,
-  :class:`~pyro.distributions.ImproperUniform` on the reals;
+  :class:`~pyro.distributions.ImproperUniform` on the reals (a
+  :class:`~pyro_dgm.models.posteriordb.improper.FlatPrior`, which initialization can draw
+  a starting point from);
 - ``real<lower=0> sigma`` (no ``~``) → ``sigma``, ``ImproperUniform`` on the positive reals:
   density 1 for :math:`\sigma > 0` in the constrained space (no Jacobian);
 - ``log_earn ~ normal(...)`` → the observed site ``log_earn`` in the plate ``data``
@@ -45,12 +47,6 @@ Credit: posteriordb (stan-dev/posteriordb, BSD-3-Clause), model ``logearn_intera
 added by Oliver Järnefelt, from stan-dev/example-models ``ARM/Ch.4/logearn_interaction_z.stan``
 (A. Gelman and J. Hill, *Data Analysis Using Regression and Multilevel/Hierarchical
 Models*, Cambridge University Press, 2007).
-
-With Pyro's ``NUTS``, start the flat-prior sites from a value (they cannot be drawn)::
-
-    >>> init = init_to_value(values={"beta": torch.zeros(4), "sigma": torch.tensor(1.0)},
-    ...                      fallback=init_to_uniform)
-    >>> NUTS(logearn_interaction_z, max_plate_nesting=1, init_strategy=init)
 
 Example::
 

@@ -27,7 +27,9 @@ Flat priors: :math:`p(\beta, \sigma) \propto 1` on :math:`\mathbb R^7 \times (0,
 Sites (Stan statement → Pyro site):
 
 - ``vector[7] beta`` (no ``~``) → ``beta``, event shape ``(7,)``,
-  :class:`~pyro.distributions.ImproperUniform` on the reals;
+  :class:`~pyro.distributions.ImproperUniform` on the reals (a
+  :class:`~pyro_dgm.models.posteriordb.improper.FlatPrior`, which initialization can draw
+  a starting point from);
 - ``real<lower=0> sigma`` (no ``~``) → ``sigma``, ``ImproperUniform`` on the positive reals,
   measured in the constrained space (no Jacobian);
 - ``log_weight ~ normal(...)`` → the observed site ``log_weight`` in the plate ``data``
@@ -45,12 +47,6 @@ Credit: posteriordb (stan-dev/posteriordb, BSD-3-Clause), model ``logmesquite_lo
 added by Oliver Järnefelt, from stan-dev/example-models ``ARM/Ch.4/mesquite_vas.stan``
 (A. Gelman and J. Hill, *Data Analysis Using Regression and Multilevel/Hierarchical
 Models*, Cambridge University Press, 2007).
-
-With Pyro's ``NUTS``, start the flat-prior sites from a value (they cannot be drawn)::
-
-    >>> init = init_to_value(values={"beta": torch.zeros(7), "sigma": torch.tensor(1.0)},
-    ...                      fallback=init_to_uniform)
-    >>> NUTS(logmesquite_logvas, max_plate_nesting=1, init_strategy=init)
 
 Example::
 
