@@ -9,7 +9,9 @@ Targets:
   ``MODELS.get("fa").build(default_settings())``, 51 parameters).
 
 Figure: minimum over all coordinates of the bulk ESS (ArviZ, all chains together) per second
-of wall time of the whole run, warm-up included, for
+of wall time of the whole run, warm-up included (``ess_per_s``), and per second of the
+process's CPU time (``ess_per_cpu_s``: every sampler runs on one thread, so on a machine
+shared with other jobs the CPU seconds stand in for the wall time of a quiet one), for
 
 - ``pyro_nuts_<mass>_<jit>``: Pyro's ``NUTS``, one chain, diagonal or dense mass
   (``full_mass``), with or without ``jit_compile``; the best of them is *the* baseline
@@ -22,10 +24,12 @@ Chain starts (``settings.starts``): on ``logreg`` the samplers' own (prior draws
 the prior median for Pyro's); on ``fa`` ``ours_mh`` and ``ours_hmc`` start as the
 comparison method ``hmc`` does, at the jittered MAP point
 (:func:`pyro_dgm.compare.methods.starts.jittered_starts`: the best of 4 L-BFGS MAP fits plus
-N(0, 0.1^2) noise per chain in unconstrained space), and the MAP fit's time counts in
-their wall time (``map_s``); Pyro's NUTS starts there too (``init_to_jittered`` around the
-same kind of MAP fit, also timed), as the comparison method ``nuts`` does: from the prior
-median its chain can sit in a minor mode of the FA posterior.
+N(0, 0.1^2) noise per chain in unconstrained space; ``ours_hmc`` also under the Laplace
+metric at that point, :func:`pyro_dgm.compare.methods.samplers.hmc_kernel`), and the MAP
+fit's (and Hessian's) time counts in their times (``map_s``); Pyro's NUTS starts there
+too (``init_to_jittered`` around the same kind of MAP fit, also timed), as the comparison
+method ``nuts`` does: from the prior median its chain can sit in a minor mode of the FA
+posterior.
 
 Also: gradient evaluations per effective sample of ``ours_hmc`` (leapfrog steps of all
 chains, warm-up included, over min ESS); one ChEES-HMC chain step against one batched
@@ -55,6 +59,7 @@ from pyro.infer.mcmc import RandomWalkKernel
 from benchmarks._common import emit, parser, sync, time_per_call
 from pyro_dgm.compare import MODELS, default_settings
 from pyro_dgm.compare._arviz import arviz
+from pyro_dgm.compare.methods.samplers import hmc_kernel
 from pyro_dgm.compare.methods.starts import init_to_jittered, jittered_starts, map_start
 from pyro_dgm.compare.settings import Problem
 from pyro_dgm.data import load_tabular
@@ -89,16 +94,28 @@ def min_ess(draws: torch.Tensor) -> float:
     return float(np.min(ess))
 
 
-def map_init(kernel, problem: Problem, chains: int, device="cpu") -> float:
-    """Set ``kernel.initial_params`` to jittered MAP starts; return the seconds it took."""
+def clock() -> tuple[float, float]:
+    """Wall and process CPU seconds now (one thread: CPU seconds stand in for the wall time
+    of a quiet machine on a shared one)."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    now = clock()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def map_init(kernel, problem: Problem, chains: int, device="cpu") -> tuple[float, float]:
+    """Set ``kernel.initial_params`` to jittered MAP starts; return the (wall, CPU) seconds
+    it took."""
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     init, _ = jittered_starts(problem, default_settings(device=device, progress=False), chains)
     if init is None:
         raise ValueError(f"{problem.name}: no MAP start")
     kernel.initial_params = init
     sync(device)
-    return time.perf_counter() - start
+    return since(start)
 
 
 def map_start_point(problem: Problem, device="cpu") -> dict:
@@ -106,19 +123,21 @@ def map_start_point(problem: Problem, device="cpu") -> dict:
     return map_start(problem, default_settings(device=device, progress=False))
 
 
-def run(mcmc, problem, device="cpu", extra_s: float = 0.0):
-    """Run ``mcmc``; ``extra_s`` (e.g. a MAP fit for the start) counts in the wall time."""
+def run(mcmc, problem, device="cpu", extra: tuple[float, float] = (0.0, 0.0)):
+    """Run ``mcmc``; ``extra`` (wall, CPU seconds of e.g. a MAP fit for the start) counts in
+    its times."""
     sync(device)
-    start = time.perf_counter() - extra_s
+    start = clock()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mcmc.run(*problem.args, **problem.kwargs)
     sync(device)
-    wall = time.perf_counter() - start
+    wall, cpu = since(start)
+    wall, cpu = wall + extra[0], cpu + extra[1]
     draws = flat_draws(mcmc.get_samples(group_by_chain=True))
     ess = min_ess(draws)
-    return {"wall_s": wall, "min_ess": ess, "ess_per_s": ess / wall,
-            "draws": int(draws.shape[0] * draws.shape[1])}, draws
+    return {"wall_s": wall, "cpu_s": cpu, "min_ess": ess, "ess_per_s": ess / wall,
+            "ess_per_cpu_s": ess / cpu, "draws": int(draws.shape[0] * draws.shape[1])}, draws
 
 
 def interleaved_times(fn_a, fn_b, *, repeat: int, rounds: int, device="cpu"):
@@ -161,44 +180,50 @@ def bench_target(problem: Problem, sizes: dict, configs, chains: int, quick: boo
     results = {}
     for full, jit in configs:
         n, w = sizes["pyro_nuts"]
-        map_s, init = 0.0, {}
+        map_s, init = (0.0, 0.0), {}
         if map_start:
-            start = time.perf_counter()
+            start = clock()
             point = map_start_point(problem, device)
-            map_s = time.perf_counter() - start
+            map_s = since(start)
             init = {"init_strategy": init_to_jittered(point)}
         kernel = NUTS(problem.model, full_mass=full, jit_compile=jit, ignore_jit_warnings=True,
                       max_plate_nesting=problem.max_plate_nesting, **init)
         results[nuts_name(full, jit)], nuts_draws = run(
-            PyroMCMC(kernel, n, warmup_steps=w, disable_progbar=True), problem, extra_s=map_s)
-        results[nuts_name(full, jit)].update(full_mass=full, jit_compile=jit, map_s=map_s)
+            PyroMCMC(kernel, n, warmup_steps=w, disable_progbar=True), problem, extra=map_s)
+        results[nuts_name(full, jit)].update(full_mass=full, jit_compile=jit, map_s=map_s[0])
     if with_rw:
         n, w = sizes["pyro_rw"]
         results["pyro_rw"], _ = run(PyroMCMC(RandomWalkKernel(problem.model), n,
                                              warmup_steps=w, disable_progbar=True), problem)
-    best = max((k for k in results if k.startswith("pyro_nuts_")),
-               key=lambda k: results[k]["ess_per_s"])
-    results["pyro_nuts_best"] = best
+    nuts = [k for k in results if k.startswith("pyro_nuts_")]
+    best = max(nuts, key=lambda k: results[k]["ess_per_s"])
+    best_cpu = max(nuts, key=lambda k: results[k]["ess_per_cpu_s"])
+    results["pyro_nuts_best"], results["pyro_nuts_best_cpu"] = best, best_cpu
 
     n, w = sizes["ours_mh"]
     mh = RandomWalkMH(problem.model, max_plate_nesting=problem.max_plate_nesting)
-    map_s = map_init(mh, problem, chains, device) if map_start else 0.0
+    map_s = map_init(mh, problem, chains, device) if map_start else (0.0, 0.0)
     mcmc = MCMC(mh, n, warmup_steps=w, num_chains=chains, chain_method="vectorized",
                 disable_progbar=True)
-    results["ours_mh"], _ = run(mcmc, problem, device, extra_s=map_s)
-    results["ours_mh"].update(chains=chains, map_s=map_s)
+    results["ours_mh"], _ = run(mcmc, problem, device, extra=map_s)
+    results["ours_mh"].update(chains=chains, map_s=map_s[0])
 
     n, w = sizes["ours_hmc"]
-    hmc = ChEESHMC(problem.model, max_plate_nesting=problem.max_plate_nesting)
-    map_s = map_init(hmc, problem, chains, device) if map_start else 0.0
+    map_s = (0.0, 0.0)
+    if map_start:  # as the comparison method hmc: jittered MAP starts, Laplace metric
+        start = clock()
+        hmc, _ = hmc_kernel(problem, default_settings(device=device, progress=False), chains)
+        map_s = since(start)
+    else:
+        hmc = ChEESHMC(problem.model, max_plate_nesting=problem.max_plate_nesting)
     steps = []
     mcmc = MCMC(hmc, n, warmup_steps=w, num_chains=chains, chain_method="vectorized",
                 disable_progbar=True,
                 hook_fn=lambda k, p, stage, i: steps.append(k.adapter.num_steps(
                     k._t - 1, k._ratio if k._ratio is not None else k._lagged.read())))
-    results["ours_hmc"], hmc_draws = run(mcmc, problem, device, extra_s=map_s)
+    results["ours_hmc"], hmc_draws = run(mcmc, problem, device, extra=map_s)
     grads = chains * (sum(steps) + 1)
-    results["ours_hmc"].update(chains=chains, map_s=map_s, step_size=hmc.step_size,
+    results["ours_hmc"].update(chains=chains, map_s=map_s[0], step_size=hmc.step_size,
                                trajectory_length=hmc.trajectory_length,
                                grad_evals=grads,
                                grad_evals_per_ess=grads / results["ours_hmc"]["min_ess"])
@@ -230,9 +255,11 @@ def bench_target(problem: Problem, sizes: dict, configs, chains: int, quick: boo
     diff = (nuts_draws.reshape(-1, sd.shape[0]).mean(0)
             - hmc_draws.reshape(-1, sd.shape[0]).mean(0)).abs() / sd
     results["max_mean_diff_nuts_vs_hmc_sd"] = float(diff.max())
-    base = results[best]["ess_per_s"]
+    base, base_cpu = results[best]["ess_per_s"], results[best_cpu]["ess_per_cpu_s"]
     ratios = {
         "ours_hmc_vs_best_pyro_nuts_ess_per_s": results["ours_hmc"]["ess_per_s"] / base,
+        "ours_hmc_vs_best_pyro_nuts_ess_per_cpu_s": (results["ours_hmc"]["ess_per_cpu_s"]
+                                                     / base_cpu),
         "ours_mh_vs_best_pyro_nuts_ess_per_s": results["ours_mh"]["ess_per_s"] / base,
         "hmc_step_vs_grad_times_leapfrog": t_step / (mean_steps * t_grad),
         "mh_step_vs_potential_time": mh_ratio,
@@ -280,7 +307,9 @@ def main(argv=None):
                 "chains": args.chains, "targets": targets,
                 "starts": {t: ("every sampler: jittered MAP (best of 4 L-BFGS fits + "
                                "N(0, 0.1^2) unconstrained; the MAP fit's time is in wall_s, "
-                               "and in map_s)") if STARTS[t] == "map" else
+                               "and in map_s); ours_hmc also from the Laplace metric at "
+                               "the MAP point, T0 = 2.25 (hmc_kernel)") if STARTS[t] == "map"
+                           else
                            "ours: prior draws; NUTS: prior median" for t in targets},
                 "draws_warmup": {t: {k: list(v) for k, v in sizes[t].items()} for t in targets},
                 "nuts_configs": {t: [nuts_name(*c) for c in configs[t]] for t in targets},

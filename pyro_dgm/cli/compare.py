@@ -37,9 +37,10 @@ def add_parser(subparsers) -> None:
                    "(e.g. meanfield+psis) is its draws resampled with PSIS weights")
     p.add_argument("--reference", default=None,
                    help="reference method (default: the model's own reference draws where "
-                   f"it has them, else {COMPARE_REFERENCE})")
+                   f"it has them, else {COMPARE_REFERENCE} where it runs, else the first "
+                   "MCMC method named)")
     p.add_argument("--out", default="pyro-dgm-report", help="output directory")
-    p.add_argument("--quick", action="store_true", help="small run, about a minute on 2 cores")
+    p.add_argument("--quick", action="store_true", help="small run, about 20 s on 2 cores")
     p.add_argument("--num-samples", type=int, default=None, help="draws per chain")
     p.add_argument("--num-warmup", type=int, default=None, help="MCMC warm-up steps")
     p.add_argument("--num-chains", type=int, default=None, help="MCMC chains")

@@ -131,7 +131,8 @@ def run_comparison(
         ``"reference"``); or ``None`` (default): the problem's own reference draws
         (:attr:`Problem.reference <pyro_dgm.compare.settings.Problem.reference>`, e.g.
         posteriordb's) where it has them, else
-        :data:`pyro_dgm.defaults.COMPARE_REFERENCE` (which must then be among ``methods``).
+        :data:`pyro_dgm.defaults.COMPARE_REFERENCE` where it is among ``methods``, else
+        the first MCMC method among them.
     :param out: directory for the report, written through a
         :class:`~pyro_dgm.compare.report_dir.ReportDir`: staged beside ``out`` (checked for
         writability before sampling) and moved into place only when complete.
@@ -167,12 +168,22 @@ def run_comparison(
     return result
 
 
+def _default_reference(methods: list[str]) -> str:
+    """:data:`~pyro_dgm.defaults.COMPARE_REFERENCE` where it runs, else the first MCMC
+    method named (``--methods nuts,meanfield`` is measured against ``nuts``)."""
+    if COMPARE_REFERENCE in methods:
+        return COMPARE_REFERENCE
+    mcmc = [m for m in methods if m in METHODS and METHODS.get(m).kind == "mcmc"]
+    return mcmc[0] if mcmc else COMPARE_REFERENCE
+
+
 def _reference(reference: str | arviz.InferenceData | None, problem: Problem,
                methods: list[str]) -> tuple[str, arviz.InferenceData | None, str]:
     """``(row name, external draws or None, source in words)`` of the comparison's
     reference (see :func:`run_comparison`)."""
     if reference is None:
-        reference = problem.reference if problem.reference is not None else COMPARE_REFERENCE
+        reference = problem.reference if problem.reference is not None else \
+            _default_reference(methods)
     if isinstance(reference, str):
         if reference not in methods:
             raise ValueError(f"reference {reference!r} must be one of the methods {methods}"

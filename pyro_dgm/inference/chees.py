@@ -79,6 +79,10 @@ class ChEESHMC(VectorizedKernel):
     :param init_strategy: per-site initialization (Pyro's ``init_to_*``).
     :param transforms: site -> transform to unconstrained space (default: as NUTS).
     :param max_plate_nesting: the model's plate nesting (default: found by tracing).
+    :param inverse_mass_matrix: the starting :math:`M^{-1}` (default: the identity) over
+        the flattened unconstrained coordinates, sites in sorted name order, ``(D,)``
+        diagonal or ``(D, D)`` dense (e.g. the inverse Hessian at the MAP point); warm-up
+        adapts it further unless ``mass_matrix="identity"`` (then it is an error).
     """
 
     def __init__(self, model=None, potential_fn=None, *, step_size: float = 0.1,
@@ -86,7 +90,8 @@ class ChEESHMC(VectorizedKernel):
                  mass_matrix: str = "dense", max_num_steps: int = 1000,
                  adapt_step_size: bool = True, adapt_trajectory: bool = True,
                  init_strategy=init_to_uniform, transforms: dict | None = None,
-                 max_plate_nesting: int | None = None):
+                 max_plate_nesting: int | None = None,
+                 inverse_mass_matrix: torch.Tensor | None = None):
         if (model is None) == (potential_fn is None):
             raise ValueError("ChEESHMC: pass exactly one of model and potential_fn")
         self._options = dict(step_size=step_size, trajectory_length=trajectory_length,
@@ -96,6 +101,7 @@ class ChEESHMC(VectorizedKernel):
         ChEESAdapter(1, 0, **self._options)  # checks every setting (ValueError naming it)
         self.model, self.potential_fn = model, potential_fn
         self.init_strategy = init_strategy
+        self.inverse_mass_matrix = inverse_mass_matrix
         self.transforms = self._user_transforms = transforms
         self.max_plate_nesting = max_plate_nesting
         self._t = 0
@@ -163,7 +169,8 @@ class ChEESHMC(VectorizedKernel):
         self._warmup_steps = warmup_steps
         z = self._flatten(params)
         self.adapter = ChEESAdapter(z.shape[-1], warmup_steps, **self._options)
-        self._state = self.adapter.init(self._num_chains, dtype=z.dtype, device=z.device)
+        self._state = self.adapter.init(self._num_chains, dtype=z.dtype, device=z.device,
+                                        inverse_mass_matrix=self.inverse_mass_matrix)
         self._lagged = LaggedScalar(self.adapter.trajectory_length / self.adapter.step_size,
                                z.device)
         self._ratio = None  # T / h on the host after warm-up

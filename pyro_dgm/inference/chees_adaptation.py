@@ -27,7 +27,13 @@ steps, :math:`u_t \in (0, 1)` the base-2 Halton (van der Corput) sequence. Durin
   own warm-up draws) and divided by the mass matrix's marginal sds, :math:`\tilde v'` the
   velocity :math:`M^{-1}p'` at the end of the trajectory likewise scaled. The
   sampler uses :math:`\exp` of a moving average of :math:`\log T` (weight
-  :math:`m^{-1/2}` at iteration :math:`m`), clipped to :math:`[h, n_{\max} h]`;
+  :math:`m^{-1/2}` at iteration :math:`m`), clipped to :math:`[h, n_{\max} h]`. The Adam
+  iterate itself is not clipped (as in TFP, which bounds only the number of leapfrog
+  steps): clipping it at :math:`h` would let the step-size spike after each dual-averaging
+  restart lift :math:`T` for good. When a window changes the mass matrix, :math:`\log T`
+  (iterate and average) moves by :math:`-\tfrac12\log\bar\lambda`, :math:`\bar\lambda`
+  the mean eigenvalue of the new covariance in the old metric's coordinates: :math:`T` is
+  a time in the metric's units, carried over to the new ones;
 - **mass matrix** :math:`M^{-1}` (diagonal or dense) from the chains' moments in Stan's
   doubling windows (:func:`~pyro_dgm.inference.adaptation.adaptation_windows`): with
   :math:`C \ge 2` chains the cross-chain covariance at every step of the window, pooled
@@ -122,6 +128,9 @@ class ChEESAdapter:
     :param adapt_step_size: dual averaging of :math:`h`.
     :param adapt_trajectory: Adam on :math:`\log T`.
     :param trajectory_length: initial :math:`T` (default :math:`h`).
+
+    The mass matrix starts as the identity or as the ``inverse_mass_matrix`` given to
+    :meth:`init` (e.g. a Laplace approximation's covariance).
     """
 
     def __init__(self, dim: int, num_warmup: int, *, mass_matrix: str = "dense",
@@ -148,17 +157,47 @@ class ChEESAdapter:
     def dense(self) -> bool:
         return self.mass_matrix == "dense"
 
-    def init(self, chains: int, dtype=torch.float64, device=None) -> ChEESState:
-        """Initial state for ``chains`` chains: identity mass matrix, :math:`T = h_0`."""
+    def init(self, chains: int, dtype=torch.float64, device=None,
+             inverse_mass_matrix: torch.Tensor | None = None) -> ChEESState:
+        """Initial state for ``chains`` chains: :math:`T = h_0` and the identity mass matrix,
+        or ``inverse_mass_matrix`` (``(D,)`` diagonal or ``(D, D)`` dense; a dense one
+        keeps only its diagonal under ``mass_matrix="diag"``).
+
+        :raises ValueError: ``inverse_mass_matrix`` of the wrong shape, not finite, not
+            positive definite, or given with ``mass_matrix="identity"``."""
         d = self.dim
         scalar = torch.zeros((), dtype=dtype, device=device)
         log_h = scalar + math.log(self.step_size)
         log_t = scalar + math.log(self.trajectory_length)
         scale = (torch.eye(d, dtype=dtype, device=device) if self.dense
                  else torch.ones(d, dtype=dtype, device=device))
+        if inverse_mass_matrix is not None:
+            scale = self._initial_scale(inverse_mass_matrix.to(dtype=dtype, device=device))
         m2 = torch.zeros((d, d) if self.dense else (d,), dtype=dtype, device=device)
         return ChEESState(log_h, log_h, scalar, log_h + math.log(10.0), 0, log_t, log_t,
                           scalar, 0, scale, torch.zeros(d, dtype=dtype, device=device), m2, 0, 0)
+
+    def _initial_scale(self, inverse_mass_matrix: torch.Tensor) -> torch.Tensor:
+        """Cholesky factor or marginal sds of a user's inverse mass matrix (one host read,
+        at set-up)."""
+        name, d, m = "inverse_mass_matrix", self.dim, inverse_mass_matrix
+        if self.mass_matrix == "identity":
+            raise ValueError(f"{name}: not used with mass_matrix='identity'")
+        if m.shape not in ((d,), (d, d)):
+            raise ValueError(f"{name}: expected shape ({d},) or ({d}, {d}) for {d} "
+                             f"unconstrained coordinates, got {tuple(m.shape)}")
+        if not bool(torch.isfinite(m).all()):
+            raise ValueError(f"{name}: not finite")
+        if m.dim() == 2 and not self.dense:
+            m = m.diagonal()
+        if m.dim() == 1:
+            if not bool((m > 0).all()):
+                raise ValueError(f"{name}: not positive")
+            return m.sqrt() if not self.dense else torch.diag_embed(m.sqrt())
+        chol, info = torch.linalg.cholesky_ex(m)
+        if int(info) != 0 or not bool(torch.allclose(m, m.mT)):
+            raise ValueError(f"{name}: not symmetric positive definite")
+        return chol
 
     # -- what the sampler needs ------------------------------------------------------------
     def num_steps(self, t: int, ratio: float) -> int:
@@ -230,8 +269,7 @@ class ChEESAdapter:
         v = _ADAM_BETA2 * state.adam_v + (1 - _ADAM_BETA2) * grad * grad
         v_hat = v / (1 - _ADAM_BETA2 ** m)
         step = (_ADAM_RATE * grad / (v_hat.sqrt() + _ADAM_EPS)).clamp(-_LOG_CLIP, _LOG_CLIP)
-        log_h = s["log_step"]
-        log_t = (state.log_length + step).clamp(log_h, log_h + math.log(self.max_num_steps))
+        log_t = state.log_length + step
         s["adam_v"] = torch.where(finite, v, state.adam_v)
         s["log_length"] = log_t
         w = m ** -0.5
@@ -259,10 +297,23 @@ class ChEESAdapter:
             return
         s["m2"] = s["m2"] + (dev.mT @ other if self.dense else (dev * other).sum(0))
         if t in self._ends and s["dof"] > 0:
-            s["scale"] = self._scale(s["m2"], s["dof"])
+            old, s["scale"] = s["scale"], self._scale(s["m2"], s["dof"])
+            if self.adapt_trajectory:  # T is a time in the metric's units: carry it over
+                shift = 0.5 * self._mean_variance(old, s["scale"]).log()
+                shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+                s["log_length"] = s["log_length"] - shift
+                s["log_length_avg"] = s["log_length_avg"] - shift
             s["da_center"] = s["log_step"] + math.log(10.0)  # restart the dual averaging
             s["da_error"] = torch.zeros_like(s["da_error"])
             s["da_count"] = 0
+
+    def _mean_variance(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        r"""Mean eigenvalue :math:`\operatorname{tr}(L_{old}^{-1}\Sigma L_{old}^{-\top})/D` of
+        the new :math:`\Sigma = L_{new}L_{new}^\top` in the old metric's coordinates."""
+        if self.dense:
+            rel = torch.linalg.solve_triangular(old, new, upper=False)
+            return (rel * rel).sum() / self.dim
+        return ((new / old) ** 2).mean()
 
     def _scale(self, m2: torch.Tensor, n: int) -> torch.Tensor:
         shrink, jitter = n / (n + 5.0), 1e-3 * 5.0 / (n + 5.0)

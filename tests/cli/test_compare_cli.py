@@ -28,6 +28,8 @@ def test_compare_writes_report(tmp_path, capsys):
     assert nuts.posterior.attrs["chain_start"] == "MAP + jitter 0.1"
     table = pd.read_csv(out / "comparison.csv")
     assert set(table["method"]) == {"nuts", "meanfield"}
+    # hmc (the default reference) does not run: the MCMC method named is the reference
+    assert float(table.loc[table["method"] == "nuts", "std_mean_error"].abs().max()) == 0
     printed = capsys.readouterr().out
     assert "| method |" in printed and "index.md" in printed
 
@@ -35,7 +37,8 @@ def test_compare_writes_report(tmp_path, capsys):
 @pytest.mark.parametrize("argv, fragment", [
     (["compare", "--model", "nope"], "unknown model 'nope'"),
     (["compare", "--methods", "nuts,magic"], "unknown method 'magic'"),
-    (["compare", "--methods", "meanfield"], "reference 'nuts'"),
+    (["compare", "--methods", "meanfield"], "reference 'hmc'"),
+    (["compare", "--methods", "meanfield,laplace", "--reference", "nuts"], "reference 'nuts'"),
     (["compare", "--num-samples", "0"], "num_samples"),
     (["compare", "--device", "tpu"], "device"),
     (["compare", "--bogus"], "unrecognized arguments"),
@@ -79,16 +82,18 @@ def test_a_failing_method_does_not_lose_the_others(tmp_path, monkeypatch, capsys
 def test_console_script_lists_registry():
     result = subprocess.run([sys.executable, "-m", "pyro_dgm", "compare", "--list"],
                             capture_output=True, text=True, check=True)
-    for name in ["fa", "fa-local", "fa-synthetic", "nuts", "meanfield", "fullrank", "laplace"]:
+    for name in ["fa", "fa-local", "fa-synthetic", "hmc", "nuts", "meanfield", "fullrank",
+                 "laplace"]:
         assert name in result.stdout
 
 
 @pytest.mark.slow
 def test_quick_default_job_shows_known_vi_behaviour(tmp_path):
-    """The README's main job in --quick mode: full-rank ~ NUTS, mean-field under-dispersed."""
+    """The README's main job in --quick mode (ChEES-HMC reference): full-rank ~ HMC,
+    mean-field under-dispersed; the reference's chains agree (nested R-hat)."""
     out = tmp_path / "quick"
     assert main(["compare", "--quick", "--out", str(out), "--no-progress"]) == 0
-    for method in ["nuts", "meanfield", "fullrank", "laplace"]:
+    for method in ["hmc", "meanfield", "fullrank", "laplace"]:
         assert arviz.from_netcdf(str(out / f"{method}.nc")).posterior.sizes["draw"] > 0
     table = pd.read_csv(out / "comparison.csv")
     ratio = table.groupby("method")["sd_ratio"]
@@ -99,3 +104,6 @@ def test_quick_default_job_shows_known_vi_behaviour(tmp_path):
     assert ratio.median()["meanfield"] < ratio.median()["fullrank"]
     errors = table.groupby("method")["std_mean_error"].apply(lambda s: s.abs().mean())
     assert errors["fullrank"] < 0.25 and errors["meanfield"] < 0.5
+    summary = pd.read_csv(out / "summary.csv").set_index("method")
+    assert summary.loc["hmc", "max_nested_r_hat"] < 1.02
+    assert summary.loc["hmc", "min_ess_bulk"] > 1000

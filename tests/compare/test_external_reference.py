@@ -163,6 +163,6 @@ def test_reference_draws_given_to_run_comparison():
 
 def test_without_problem_reference_the_default_method_must_run():
     settings = default_settings(**SETTINGS)
-    with pytest.raises(ValueError, match="reference 'nuts' must be one of the methods.*has no "
+    with pytest.raises(ValueError, match="reference 'hmc' must be one of the methods.*has no "
                        "reference draws"):
         run_comparison(_entry(False), ["meanfield"], settings=settings, log=None)

@@ -1,4 +1,5 @@
-"""The ``hmc`` comparison method: ChEESHMC, 64 chains from jittered MAP starts."""
+"""The ``hmc`` comparison method: ChEESHMC, 64 chains from jittered MAP starts under the
+Laplace metric."""
 
 import pytest
 import torch
@@ -18,5 +19,6 @@ def test_hmc_method_runs_and_exports():
     for name in ("accept_prob", "step_size", "num_steps", "energy", "diverging"):
         assert name in idata.sample_stats
     assert idata.posterior.attrs["chain_start"].startswith("MAP")
+    assert idata.posterior.attrs["chain_start"].endswith("Laplace metric")
     rhat = nested_rhat(idata, 8)
     assert all(bool((rhat[v] > 0.9).all()) for v in rhat.data_vars)

@@ -1,4 +1,4 @@
-"""The NUTS reference's chain start: the MAP point, jittered per chain."""
+"""Chain starts: the MAP point, jittered per chain, and the Laplace metric at it."""
 
 import pyro
 import pyro.distributions as dist
@@ -7,7 +7,9 @@ from pyro import poutine
 from pyro.infer.autoguide import init_to_median
 
 from pyro_dgm.compare.methods import init_to_jittered, map_start
+from pyro_dgm.compare.methods.starts import laplace_inverse_mass
 from pyro_dgm.compare.registry import MODELS, Settings
+from pyro_dgm.compare.settings import Problem
 
 
 def _log_joint(model, values, *args):
@@ -42,3 +44,32 @@ def test_init_to_jittered_moves_each_chain_in_unconstrained_space():
                                atol=0.01, rtol=0)
     assert float(log_ratio.mean(0).abs().max()) < 0.01
     assert strategy(trace.nodes["m"]).shape == ()  # not in values: the prior median
+
+
+def test_laplace_inverse_mass_is_exact_for_a_gaussian_in_sorted_flattened_layout():
+    # "b" (2-dim Gaussian) and "a" (log-normal: standard normal in log space, Jacobian
+    # included): the inverse Hessian of U is the exact covariance, "a" first (sorted)
+    cov_b = torch.tensor([[2.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
+    loc_b = torch.tensor([1.0, -1.0], dtype=torch.float64)
+
+    def model():
+        pyro.sample("b", dist.MultivariateNormal(loc_b, covariance_matrix=cov_b))
+        pyro.sample("a", dist.LogNormal(torch.tensor(0.3, dtype=torch.float64), 0.7))
+
+    problem = Problem("gauss", model)
+    # the mode of U in u = log a is the normal's mean 0.3 (the Jacobian cancels the 1/a)
+    point = {"b": loc_b, "a": torch.tensor(0.3, dtype=torch.float64).exp()}
+    metric = laplace_inverse_mass(problem, point)
+    expected = torch.zeros(3, 3, dtype=torch.float64)
+    expected[0, 0] = 0.49
+    expected[1:, 1:] = cov_b
+    torch.testing.assert_close(metric, expected)
+
+
+def test_laplace_inverse_mass_is_none_where_the_hessian_is_not_positive_definite():
+    def model():  # at the point 2.0, -log density has curvature -1 (a density dip)
+        x = pyro.sample("x", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+        pyro.factor("dip", x * x)
+
+    problem = Problem("dip", model)
+    assert laplace_inverse_mass(problem, {"x": torch.tensor(2.0, dtype=torch.float64)}) is None

@@ -83,6 +83,18 @@ def test_ill_conditioned_gaussian_dense_mass():
         check_exact({"p": proj}, {"p": (0.0, var)})
 
 
+def test_ill_conditioned_gaussian_from_a_given_metric_with_a_short_warmup():
+    # the exact covariance as the starting metric: the posterior is a standard normal in
+    # its units from the first step, so 100 warm-up steps suffice
+    pyro.set_rng_seed(0)
+    kernel = ChEESHMC(gaussian_100, inverse_mass_matrix=GAUSS_COV, trajectory_length=2.25)
+    mcmc = _run(kernel, chains=64, num_samples=100, warmup=100)
+    _check_gaussian(mcmc, range(0, 100, 9))
+    with pytest.raises(ValueError, match="inverse_mass_matrix: expected shape"):
+        _run(ChEESHMC(gaussian_100, inverse_mass_matrix=torch.ones(3, dtype=F64)),
+             num_samples=2, warmup=2)
+
+
 @pytest.mark.slow
 def test_ill_conditioned_gaussian_diag_mass():
     pyro.set_rng_seed(0)

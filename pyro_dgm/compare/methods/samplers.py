@@ -9,7 +9,10 @@ Methods:
   within Gibbs for continuous ones), vectorized chains;
 - ``hmc``: :class:`~pyro_dgm.inference.ChEESHMC`, :data:`HMC_CHAINS` chains in lockstep
   from jittered MAP starts (:func:`~pyro_dgm.compare.methods.starts.jittered_starts`; the
-  prior median where no MAP can be fitted), dense mass matrix, with its own run sizes
+  prior median where no MAP can be fitted), dense mass matrix starting from the Laplace
+  approximation's covariance at the MAP point
+  (:func:`~pyro_dgm.compare.methods.starts.laplace_inverse_mass`) and the trajectory
+  length :data:`LAPLACE_TRAJECTORY`, with its own run sizes
   (:func:`hmc_settings`). Every chain starts from the same MAP point (each with its own
   jitter), so the report's nested R-hat groups the chains into
   :data:`~pyro_dgm.defaults.NESTED_RHAT_SUPERCHAINS` superchains of consecutive chains (the
@@ -29,7 +32,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_dgm.compare._arviz import set_attrs
 from pyro_dgm.compare.methods.fitting import run_vectorized
-from pyro_dgm.compare.methods.starts import jittered_starts
+from pyro_dgm.compare.methods.starts import jittered_starts, laplace_inverse_mass, map_start
 from pyro_dgm.compare.registry import register_method
 from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.defaults import COMPARE_HMC_RUN, COMPARE_RUN, NESTED_RHAT_SUPERCHAINS
@@ -37,10 +40,15 @@ from pyro_dgm.inference.chees import ChEESHMC
 from pyro_dgm.inference.gibbs import Gibbs
 from pyro_dgm.inference.random_walk_mh import RandomWalkMH
 
-__all__ = ["HMC_CHAINS", "MIN_MH_CHAINS", "hmc_settings"]
+__all__ = ["HMC_CHAINS", "LAPLACE_TRAJECTORY", "MIN_MH_CHAINS", "hmc_kernel", "hmc_settings"]
 
 #: chains of the ``hmc`` method: cross-chain adaptation wants many
 HMC_CHAINS = COMPARE_HMC_RUN["full"]["num_chains"]
+
+#: starting trajectory length of ``hmc`` under a Laplace metric: in the metric's units the
+#: posterior is about a standard Gaussian, whose ChEES criterion under uniform jitter,
+#: :math:`\tfrac12 - \sin(2T)/(4T)`, peaks at :math:`\tan 2T = 2T`, :math:`T \approx 2.25`
+LAPLACE_TRAJECTORY = 2.25
 
 #: vectorized chains cost little more than one: random-walk MH runs at least this many
 MIN_MH_CHAINS = 32
@@ -82,17 +90,38 @@ def hmc_settings(settings: Settings) -> Settings:
     return settings
 
 
+def hmc_kernel(problem: Problem, settings: Settings, chains: int) -> tuple[ChEESHMC, str]:
+    """The ``hmc`` method's kernel for ``chains`` chains, and how its chains start: at the
+    jittered MAP point under the Laplace metric with :data:`LAPLACE_TRAJECTORY` where a
+    MAP (and a positive definite Hessian) exists, else at the prior median, identity metric.
+
+    Example::
+
+        >>> kernel, start = hmc_kernel(problem, settings, 64)
+    """
+    try:
+        point = map_start(problem, settings)
+    except (NotImplementedError, ValueError):  # no MAP: jittered_starts says why
+        point = None
+    init, start = jittered_starts(problem, settings, chains, point=point)
+    metric = laplace_inverse_mass(problem, point) if point is not None else None
+    kernel = ChEESHMC(problem.model, init_strategy=init_to_median,
+                      max_plate_nesting=problem.max_plate_nesting, inverse_mass_matrix=metric,
+                      trajectory_length=LAPLACE_TRAJECTORY if metric is not None else None)
+    if init is not None and problem.vectorizable:
+        kernel.initial_params = init
+    if metric is not None:
+        start += ", Laplace metric"
+    return kernel, start
+
+
 @register_method("hmc", kind="mcmc", description=f"ChEES-HMC, {HMC_CHAINS} chains in lockstep "
                  "from jittered MAP starts")
 def run_hmc(problem: Problem, settings: Settings):
     settings = hmc_settings(settings)
     chains = max(settings.num_chains, HMC_CHAINS) if problem.vectorizable else \
         settings.num_chains
-    kernel = ChEESHMC(problem.model, init_strategy=init_to_median,
-                      max_plate_nesting=problem.max_plate_nesting)
-    init, start = jittered_starts(problem, settings, chains)
-    if init is not None and problem.vectorizable:
-        kernel.initial_params = init
+    kernel, start = hmc_kernel(problem, settings, chains)
     idata = run_vectorized(kernel, problem, settings, chains)
     attrs = {"chain_start": start}
     if chains >= 2 * NESTED_RHAT_SUPERCHAINS and chains % NESTED_RHAT_SUPERCHAINS == 0:

@@ -21,7 +21,12 @@ from pyro_dgm._validation import check_int
 from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.defaults import MAP_LBFGS_ITERATIONS, MAP_STARTS
 
-__all__ = ["init_to_jittered", "jittered_starts", "map_start"]
+__all__ = ["MAX_METRIC_DIM", "init_to_jittered", "jittered_starts", "laplace_inverse_mass",
+           "map_start"]
+
+#: :func:`laplace_inverse_mass` skips posteriors with more unconstrained coordinates (its
+#: Hessian costs one backward pass per coordinate)
+MAX_METRIC_DIM = 1000
 
 
 def map_start(problem: Problem, settings: Settings, num_steps: int = MAP_LBFGS_ITERATIONS,
@@ -104,11 +109,12 @@ def init_to_jittered(values: dict, scale: float = 0.1):
 
 
 def jittered_starts(problem: Problem, settings: Settings, chains: int,
-                    scale: float = 0.1) -> tuple[dict | None, str]:
+                    scale: float = 0.1, point: dict | None = None) -> tuple[dict | None, str]:
     r"""Unconstrained initial values ``(chains, ...)`` for a vectorized kernel's
     ``initial_params``: the :func:`map_start` point plus :math:`\mathcal N(0, scale^2)`
     noise per chain (as :func:`init_to_jittered`), or ``None`` (the kernel's prior-median
-    start) where no MAP can be fitted; and a description of the start.
+    start) where no MAP can be fitted; and a description of the start. ``point``: a
+    :func:`map_start` point already found (else it is fitted here).
 
     Example::
 
@@ -116,7 +122,7 @@ def jittered_starts(problem: Problem, settings: Settings, chains: int,
         >>> kernel.initial_params = init
     """
     try:
-        point = map_start(problem, settings)
+        point = map_start(problem, settings) if point is None else point
     except (NotImplementedError, ValueError) as e:  # e.g. discrete latents: no MAP
         return None, f"prior median (no MAP start: {e})"
     with torch.no_grad(), poutine.block():
@@ -127,3 +133,48 @@ def jittered_starts(problem: Problem, settings: Settings, chains: int,
         init[name] = free + scale * torch.randn((chains,) + free.shape, dtype=free.dtype,
                                                 device=free.device)
     return init, f"MAP + jitter {scale}"
+
+
+def laplace_inverse_mass(problem: Problem, point: dict) -> torch.Tensor | None:
+    r"""The Laplace approximation's covariance at ``point`` (a :func:`map_start` point):
+    :math:`H^{-1}`, :math:`H` the Hessian of :math:`U(u) = -\log p(x, T(u)) - \log\lvert
+    \det J_T(u)\rvert` in unconstrained space, over the coordinates of the sites in sorted
+    name order, each flattened (the layout of
+    :class:`~pyro_dgm.inference.ChEESHMC`'s ``inverse_mass_matrix``); ``None`` where
+    :math:`H` is not positive definite, not finite, or has more than
+    :data:`MAX_METRIC_DIM` coordinates. A mass matrix from it lets HMC start with steps
+    on the posterior's scale rather than the identity's (on the default job the narrowest
+    direction is ~30x narrower than the widest, so the identity metric's first step sizes
+    are ~0.03 against ~0.5 after adaptation).
+
+    Example::
+
+        >>> kernel = ChEESHMC(model, inverse_mass_matrix=laplace_inverse_mass(problem, point))
+    """
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(problem.model).get_trace(*problem.args, **problem.kwargs)
+    names = sorted(point)
+    transforms = {n: biject_to(trace.nodes[n]["fn"].support) for n in names}
+    free = {n: transforms[n].inv(point[n]).detach() for n in names}
+    flat = torch.cat([free[n].reshape(-1) for n in names])
+    if flat.numel() > MAX_METRIC_DIM:
+        return None
+
+    def potential(z: torch.Tensor) -> torch.Tensor:
+        values, ladj, pos = {}, 0.0, 0
+        for n in names:
+            u = z[pos:pos + free[n].numel()].reshape(free[n].shape)
+            pos += free[n].numel()
+            values[n] = transforms[n](u)
+            ladj = ladj + transforms[n].log_abs_det_jacobian(u, values[n]).sum()
+        with poutine.block():
+            tr = poutine.trace(poutine.condition(problem.model, data=values)).get_trace(
+                *problem.args, **problem.kwargs)
+        return -(tr.log_prob_sum() + ladj)
+
+    hessian = torch.autograd.functional.hessian(potential, flat)
+    hessian = 0.5 * (hessian + hessian.mT)
+    chol, info = torch.linalg.cholesky_ex(hessian)
+    if int(info) != 0 or not bool(torch.isfinite(chol).all()):
+        return None
+    return torch.cholesky_inverse(chol)
