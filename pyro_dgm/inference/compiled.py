@@ -222,6 +222,9 @@ class CompiledELBO(ELBO):
             return None
         finally:
             _set_rng(state, device)
+        if created is not None:  # a creating run also records the creation's param sites:
+            sites = discover(self.loss_fn, model, guide, args, kwargs)[0]  # guard the steady
+            _set_rng(state, device)                                        # structure
         run = captured.graph
         inductor = self._backend(device) == "inductor"
         if inductor:

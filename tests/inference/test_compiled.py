@@ -91,6 +91,22 @@ def test_autoguides_equal_ordinary(objective, guide_type):
     assert_same_steps(OBJECTIVES[objective], regression, guide, (x,), [{"y": y}])
 
 
+@pytest.mark.parametrize("guide_type", [AutoNormal, AutoMultivariateNormal])
+def test_structure_check_after_lazy_creation_passes(guide_type):
+    """A guide whose parameters the first compiled step creates: the creating run records
+    the creation's param sites too; the guarded structure is the steady one (the structure
+    check at later steps found 'sites changed' with no site changed and fell back)."""
+    x, y = _data()
+    pyro.clear_param_store()
+    guide = guide_type(regression)
+    compiled = compile_loss(Trace_ELBO(num_particles=2, vectorize_particles=True,
+                                       max_plate_nesting=1), backend="fx", check_every=1)
+    svi = SVI(regression, guide, pyro.optim.Adam({"lr": 0.01}), compiled)
+    for _ in range(4):
+        svi.step(x, y=y)
+    assert compiled.num_traces == 1 and not compiled.fallbacks
+
+
 def _fa(n=10):
     W = torch.tensor([[2.0, 1.8], [1.0, 1.1], [1.5, 1.3], [0.5, 0.6]], dtype=F64)
     fa = FactorAnalysis(4, 2, loc=torch.zeros(4, dtype=F64), W=W,
