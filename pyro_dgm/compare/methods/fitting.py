@@ -191,16 +191,22 @@ def fit_svi(
     losses = SVILosses()
     step_guard = None
     if guard:
-        first = svi.evaluate_loss(*problem.args, **problem.kwargs)  # creates the parameters
+        with warnings.catch_warnings():  # a nan is reported below, naming the loss
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            first = svi.evaluate_loss(*problem.args, **problem.kwargs)  # makes the params
         if not math.isfinite(first):
             raise ValueError(f"loss: not finite at the guide's initial parameters ({first})")
         step_guard = StepGuard(svi)
 
     def take_step() -> bool:
-        if step_guard is not None:
-            step_guard.save()
-        value = svi.step(*problem.args, **problem.kwargs)
-        if step_guard is not None and not step_guard.check(value):
+        if step_guard is None:
+            losses.append(svi.step(*problem.args, **problem.kwargs))
+            return True
+        step_guard.save()
+        with warnings.catch_warnings():  # the guard handles a nan loss: Pyro need not warn
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            value = svi.step(*problem.args, **problem.kwargs)
+        if not step_guard.check(value):
             losses.rejected = step_guard.rejected
             return False
         losses.append(value)
