@@ -7,6 +7,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoLaplaceApproximation, AutoMultivariateNormal
 
+from pyro_dgm.inference import Pathfinder
 from pyro_dgm.inference.flows import FLOWS, FlowGuide
 
 
@@ -90,6 +91,24 @@ def test_other_kinds_of_base_give_the_same_map():
     guide = FlowGuide(model, flow="realnvp", num_flows=2, base=gaussian)
     guide()
     torch.testing.assert_close(guide.base_loc, laplace.loc.detach(), atol=0, rtol=0)
+
+
+def test_a_fitted_pathfinder_is_a_base():
+    dtype = torch.float64
+    model = _model(dtype)
+    pyro.set_rng_seed(0)
+    pf = Pathfinder(model, num_paths=1).fit()
+    q = pf.get_posterior()
+    cov = q.covariance_matrix
+    torch.testing.assert_close(cov.diagonal(), q.variance, atol=1e-12, rtol=1e-10)
+    value = torch.randn(5, 3, dtype=dtype)
+    torch.testing.assert_close(dist.MultivariateNormal(q.loc, cov).log_prob(value),
+                               q.log_prob(value), atol=1e-10, rtol=0)
+    guide = FlowGuide(model, flow="realnvp", num_flows=2, base=pf)
+    guide()
+    torch.testing.assert_close(guide.base_loc, q.loc, atol=0, rtol=0)
+    tril = guide.base_scale_tril
+    torch.testing.assert_close(tril @ tril.T, cov, atol=1e-12, rtol=1e-10)
 
 
 def test_training_from_the_base_improves_the_elbo():
