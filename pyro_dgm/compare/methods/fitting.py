@@ -59,8 +59,9 @@ class StepGuard:
 
     :param svi: the :class:`pyro.infer.SVI` whose steps are guarded; its parameters must
         exist (run one ``svi.evaluate_loss`` first).
-    :raises ValueError: when ``max_rejections`` steps in a row are rejected (the loss stays
-        non-finite even with ever smaller steps).
+    :raises FloatingPointError: when more than ``max_rejections`` steps in a row are
+        rejected (the loss stays non-finite even with ever smaller steps); an
+        ``ArithmeticError``, so the comparison reports that method's failure and goes on.
     """
 
     def __init__(self, svi: SVI, *, window: int = 50, jump: float = 20.0,
@@ -103,8 +104,8 @@ class StepGuard:
         self.rejected += 1
         self._consecutive += 1
         if self._consecutive > self.max_rejections:
-            raise ValueError(f"loss: {self._consecutive} SVI steps in a row rejected (last "
-                             f"loss {loss}); the guide cannot be fitted from here")
+            raise FloatingPointError(f"loss: {self._consecutive} SVI steps in a row rejected "
+                                     f"(last loss {loss}); the guide cannot be fitted from here")
         params, states = self._good
         store = pyro.get_param_store()
         with torch.no_grad():
@@ -173,7 +174,8 @@ def fit_svi(
     :param window: steps per smoothing window; ``tol``: relative tolerance (``0`` turns the
         rule off); ``cooldown``: decay the rate over one more window after a stop.
     :return: the losses of the accepted steps (:class:`SVILosses`).
-    :raises ValueError: the loss is not finite at the start, or stays so (``guard``).
+    :raises FloatingPointError: (``guard``) the loss is not finite at the start, or stays
+        so.
     """
     explicit = num_steps is not None
     num_steps = check_int("num_steps", num_steps or settings.num_steps, minimum=1)
@@ -195,7 +197,8 @@ def fit_svi(
             warnings.filterwarnings("ignore", message="Encountered NaN")
             first = svi.evaluate_loss(*problem.args, **problem.kwargs)  # makes the params
         if not math.isfinite(first):
-            raise ValueError(f"loss: not finite at the guide's initial parameters ({first})")
+            raise FloatingPointError(f"loss: not finite at the guide's initial parameters "
+                                     f"({first})")
         step_guard = StepGuard(svi)
 
     def take_step() -> bool:
