@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from pyro.infer import Trace_ELBO
 
-from pyro_dgm.compare.methods.fitting import export_guide, fit_svi
+from pyro_dgm.compare.methods.fitting import SVILosses, export_guide, fit_svi
 from pyro_dgm.compare.methods.pyro import fit_fullrank
 from pyro_dgm.compare.registry import register_method
 from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.inference.flows import FlowGuide
 
-__all__ = ["FLOW_METHODS", "FLOW_PARTICLES", "run_flow_guide"]
+__all__ = ["FLOW_CLIP", "FLOW_METHODS", "FLOW_PARTICLES", "fit_flow_stage", "run_flow_guide"]
 
 #: method name -> (flow, num_flows, learning rate in the standardized space)
 FLOW_METHODS = {
@@ -46,16 +46,24 @@ FLOW_PARTICLES = 16
 FLOW_CLIP = 5.0
 
 
-def run_flow_guide(problem: Problem, settings: Settings, method: str):
-    """Fit full-rank ADVI, then the flow guide named ``method`` on top; export its draws."""
+def fit_flow_stage(problem: Problem, settings: Settings, method: str,
+                   gaussian) -> tuple[FlowGuide, SVILosses]:
+    """The second stage of ``method``: its flow guide on the fitted ``gaussian`` (the base),
+    fitted by :func:`~pyro_dgm.compare.methods.fitting.fit_svi`."""
     flow, num_flows, lr = FLOW_METHODS[method]
-    gaussian, affine_steps = fit_fullrank(problem, settings, desc=f"{method} (fullrank)")
     guide = FlowGuide(problem.model, flow=flow, num_flows=num_flows, base=gaussian)
     guide = guide.to(device=settings.device)
     loss = Trace_ELBO(num_particles=FLOW_PARTICLES, vectorize_particles=problem.vectorizable,
                       max_plate_nesting=problem.max_plate_nesting)
     losses = fit_svi(problem, guide, settings, loss=loss, lr=lr, clip_norm=FLOW_CLIP,
                      desc=method)
+    return guide, losses
+
+
+def run_flow_guide(problem: Problem, settings: Settings, method: str):
+    """Fit full-rank ADVI, then the flow guide named ``method`` on top; export its draws."""
+    gaussian, affine_steps = fit_fullrank(problem, settings, desc=f"{method} (fullrank)")
+    guide, losses = fit_flow_stage(problem, settings, method, gaussian)
     return export_guide(problem, guide, settings, {
         "svi_steps": affine_steps + len(losses), "affine_steps": affine_steps,
         "flow_steps": len(losses), "rejected_steps": losses.rejected})
