@@ -3,15 +3,16 @@
 For each seed: fit full-rank ADVI exactly as ``pyro-dgm compare``'s ``fullrank`` method does
 (:func:`~pyro_dgm.compare.methods.pyro.fit_fullrank`), export its draws, then fit the
 ``flow-*`` method's flow on it (:func:`~pyro_dgm.compare.methods.flows.fit_flow_stage`) and
-export again; both are scored against one reference run of ``pyro-dgm compare`` (its
-``<method>.nc``) by the comparison's summary (mean W1, |standardized mean error|, sd
-ratios). Unlike two methods of one comparison run, which get different seeds, each pair
-shares its Gaussian, so the table shows what the flow adds to it.
+export again; both are scored against one reference (a posterior file such as the
+``hmc.nc`` of a ``pyro-dgm compare`` run, or a comparison method run here, default ``hmc``)
+by the comparison's summary (mean W1, |standardized mean error|, sd ratios). Unlike two
+methods of one comparison run, which get different seeds, each pair shares its Gaussian, so
+the table shows what the flow adds to it.
 
 Usage::
 
+    python -m benchmarks.flow_on_gaussian --quick          # one seed, hmc reference run here
     python -m benchmarks.flow_on_gaussian --reference /tmp/report/hmc.nc --seeds 1000,2001
-    python -m benchmarks.flow_on_gaussian --reference /tmp/report/nuts.nc --quick
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pyro_dgm.compare import compare_posteriors, default_settings, summarize
 from pyro_dgm.compare.methods.fitting import export_guide
 from pyro_dgm.compare.methods.flows import FLOW_METHODS, fit_flow_stage
 from pyro_dgm.compare.methods.pyro import fit_fullrank
-from pyro_dgm.compare.registry import MODELS
+from pyro_dgm.compare.registry import METHODS, MODELS
 
 COLUMNS = ["mean_w1_std", "mean_abs_std_error", "max_abs_std_error", "min_sd_ratio",
            "max_sd_ratio"]
@@ -36,7 +37,8 @@ COLUMNS = ["mean_w1_std", "mean_abs_std_error", "max_abs_std_error", "min_sd_rat
 
 def main(argv=None) -> dict:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--reference", required=True, help="a reference posterior (.nc)")
+    p.add_argument("--reference", default="hmc",
+                   help="a reference posterior (.nc file) or a comparison method to run")
     p.add_argument("--model", default="fa")
     p.add_argument("--method", default="flow-realnvp", choices=list(FLOW_METHODS))
     p.add_argument("--seeds", default="1000,2000")
@@ -45,7 +47,10 @@ def main(argv=None) -> dict:
     settings = default_settings(quick=args.quick, progress=False, threads=1)
     pyro.set_rng_seed(settings.seed)
     problem = MODELS.get(args.model).build(settings)
-    reference = az.from_netcdf(args.reference)
+    if args.reference.endswith(".nc"):
+        reference = az.from_netcdf(args.reference)
+    else:
+        reference = METHODS.get(args.reference).run(problem, settings)
     results = {}
     seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds[:1] if args.quick else seeds:
