@@ -63,8 +63,8 @@ __all__ = ["FlowGuide", "affine_base"]
 def _gaussian_factors(gauss: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loc, scale_tril)`` of a Gaussian distribution object, or ``ValueError``."""
     loc = getattr(gauss, "loc", None)
-    if loc is None or not hasattr(gauss, "scale_tril") and \
-            not hasattr(gauss, "covariance_matrix"):
+    if loc is None or not (hasattr(gauss, "scale_tril")
+                           or hasattr(gauss, "covariance_matrix")):
         raise ValueError(f"base: expected a Gaussian with loc and scale_tril or "
                          f"covariance_matrix, got {type(gauss).__name__}")
     if hasattr(gauss, "scale_tril"):
@@ -131,7 +131,8 @@ class FlowGuide(AutoContinuous):
         self.hidden_dims = hidden_dims
         self.init_scale = check_positive("init_scale", init_scale)
         # read the fit now (a guide is not kept: it would become a submodule)
-        self._base = None if base is None else _unpack(base)
+        self._base = None if base is None else \
+            tuple(torch.as_tensor(t).detach() for t in _unpack(base))
         shapes = getattr(base, "_unconstrained_shapes", None)
         self._base_shapes = None if shapes is None else dict(shapes)
         self._flow_kwargs = flow_kwargs

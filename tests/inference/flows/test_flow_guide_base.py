@@ -143,7 +143,7 @@ def test_a_bad_base_names_the_argument():
     model = _model(dtype)
     eye = torch.eye(3, dtype=dtype)
     zero = torch.zeros(3, dtype=dtype)
-    bad = [((zero, eye, eye), "2"), ((zero[:2], eye[:2, :2]), "shapes"),
+    bad = [((zero, eye, eye), "got 3 items"), ((zero[:2], eye[:2, :2]), "shapes"),
            ((zero, eye + torch.triu(eye.new_ones(3, 3), 1)), "lower triangular"),
            ((zero, -eye), "positive diagonal"), ((zero * torch.nan, eye), "finite"),
            (object(), "Gaussian")]
