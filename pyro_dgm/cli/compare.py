@@ -4,6 +4,7 @@ Example::
 
     pyro-dgm compare --quick --out report            # Bayesian FA on wine, 4 methods
     pyro-dgm compare --model fa-synthetic --methods nuts,fullrank --out report2
+    pyro-dgm compare --model my_model.py:model --data my_data.npz --quick   # your own model
 """
 
 from __future__ import annotations
@@ -20,16 +21,23 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "compare", help="compare MCMC and VI posteriors of a model",
-        description="Run inference methods on a registered model, export each posterior "
-        "to ArviZ NetCDF and write a comparison report (CSV, Markdown, PNG).")
+        description="Run inference methods on a registered model or a Pyro model function "
+        "of your own, export each posterior to ArviZ NetCDF and write a comparison report "
+        "(CSV, Markdown, PNG).")
     p.add_argument("--model", default=COMPARE_MODEL,
-                   help=f"registered model (default: {COMPARE_MODEL})")
+                   help=f"registered model (default: {COMPARE_MODEL}), or PATH.py:FUNCTION: "
+                   "a Pyro model function in a Python file")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="data of a PATH.py:FUNCTION model, passed as keyword arguments: "
+                   ".npz (arrays by name), .json (an object of numbers/lists) or .csv (one "
+                   "array per column, header = names); integer arrays stay integer")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated registered methods (default: "
                    f"{','.join(COMPARE_METHODS)}); a VI method with '+psis' appended "
                    "(e.g. meanfield+psis) is its draws resampled with PSIS weights")
-    p.add_argument("--reference", default=COMPARE_REFERENCE,
-                   help=f"reference method (default: {COMPARE_REFERENCE})")
+    p.add_argument("--reference", default=None,
+                   help="reference method (default: the model's own reference draws where "
+                   f"it has them, else {COMPARE_REFERENCE})")
     p.add_argument("--out", default="pyro-dgm-report", help="output directory")
     p.add_argument("--quick", action="store_true", help="small run, about a minute on 2 cores")
     p.add_argument("--num-samples", type=int, default=None, help="draws per chain")
@@ -53,22 +61,25 @@ def add_parser(subparsers) -> None:
 def _list() -> int:
     from pyro_dgm.compare.registry import METHODS, MODELS
 
+    width = max(map(len, MODELS.names() + METHODS.names()))
     print("models:")
     for name in MODELS.names():
-        print(f"  {name:16s} {MODELS.get(name).description}")
+        print(f"  {name:{width}s} {MODELS.get(name).description}")
     print("methods:")
     for name in METHODS.names():
         entry = METHODS.get(name)
-        print(f"  {name:16s} [{entry.kind}] {entry.description}")
+        print(f"  {name:{width}s} [{entry.kind}] {entry.description}")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from pyro_dgm._dtypes import to_dtype
+    from pyro_dgm.compare.problems.user import model_entry
     from pyro_dgm.compare.runner import default_settings, markdown_table, run_comparison
 
     if args.list:
         return _list()
+    model = model_entry(args.model, args.data)
     methods = None
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        result = run_comparison(args.model, methods, reference=args.reference,
+        result = run_comparison(model, methods, reference=args.reference,
                                 out=args.out, settings=settings, overwrite=args.overwrite,
                                 log=lambda msg: print(msg, file=sys.stderr))
     print(markdown_table(result.summary), end="")

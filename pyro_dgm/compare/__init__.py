@@ -13,7 +13,7 @@ This package sits on top of :mod:`pyro_dgm.models` and :mod:`pyro_dgm.inference`
 - :func:`run_comparison`: the whole job behind ``pyro-dgm compare``, over the models and
   methods of :mod:`~pyro_dgm.compare.registry` (built-ins in
   :mod:`~pyro_dgm.compare.problems` and :mod:`~pyro_dgm.compare.methods`, registered when
-  this package is imported).
+  this package is imported), or a model function of your own (:func:`file_model`).
 """
 
 from pyro_dgm.compare import methods, problems  # noqa: F401  (fill the registry)
@@ -25,6 +25,7 @@ from pyro_dgm.compare.export import (
 )
 from pyro_dgm.compare.nested_rhat import nested_rhat
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
+from pyro_dgm.compare.problems.user import file_model
 from pyro_dgm.compare.psis import psis_diagnostic, psis_resample, psis_summary, psis_verdict
 from pyro_dgm.compare.registry import (
     METHODS,
@@ -34,7 +35,7 @@ from pyro_dgm.compare.registry import (
     register_method,
     register_model,
 )
-from pyro_dgm.compare.report import compare_posteriors, summarize
+from pyro_dgm.compare.report import REFERENCE_ROW, compare_posteriors, summarize
 from pyro_dgm.compare.runner import (
     DEFAULT_METHODS,
     ComparisonResult,
@@ -46,12 +47,14 @@ __all__ = [
     "DEFAULT_METHODS",
     "METHODS",
     "MODELS",
+    "REFERENCE_ROW",
     "ComparisonResult",
     "Problem",
     "Settings",
     "UntrainedGuideWarning",
     "compare_posteriors",
     "default_settings",
+    "file_model",
     "from_guide",
     "from_mcmc",
     "nested_rhat",

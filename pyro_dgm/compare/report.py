@@ -23,10 +23,16 @@ against the reference method's draws (usually NUTS):
 Deterministic sites exported to the posterior are compared like any other variable;
 quantities a posterior lacks can be derived from it (``derived={"theta": fn}``).
 
+The reference is one of the compared methods, or draws from elsewhere (an
+``InferenceData`` such as posteriordb's reference posterior, or exact draws of a conjugate
+model): those get their own row, ``method`` :data:`REFERENCE_ROW` and ``kind``
+``"reference"``, with R-hat and ESS where they have several chains.
+
 Example::
 
     >>> table = compare_posteriors({"NUTS": idata_nuts, "ADVI": idata_advi}, reference="NUTS")
     >>> summarize(table)          # one row per method
+    >>> compare_posteriors({"NUTS": idata_nuts}, reference=exact_draws)  # rows "reference", "NUTS"
 """
 
 from __future__ import annotations
@@ -43,7 +49,10 @@ from pyro_dgm.compare.nested_rhat import nested_rhat_array
 from pyro_dgm.compare.psis import psis_summary
 from pyro_dgm.defaults import NESTED_RHAT_MIN_CHAINS, NESTED_RHAT_SUPERCHAINS
 
-__all__ = ["compare_posteriors", "summarize"]
+__all__ = ["REFERENCE_ROW", "compare_posteriors", "summarize"]
+
+#: the ``method`` of the row of a reference given as draws rather than a method's name
+REFERENCE_ROW = "reference"
 
 
 def _flatten(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -144,9 +153,25 @@ def _check_shapes(posts: Mapping[str, object], var_names: Sequence[str]) -> None
                          "without them, or export the methods from the same model")
 
 
+def _with_reference(idatas: Mapping[str, object], reference: str | arviz.InferenceData
+                    ) -> tuple[dict, str, dict]:
+    """``(idatas with the reference, its name, name -> kind given here)``."""
+    if isinstance(reference, str):
+        if reference not in idatas:
+            raise ValueError(f"reference {reference!r} is not one of the methods {list(idatas)}")
+        return dict(idatas), reference, {}
+    if not hasattr(reference, "posterior"):
+        raise ValueError("reference: must be a method name among idatas or an InferenceData "
+                         f"with a posterior group, got {type(reference).__name__}")
+    if REFERENCE_ROW in idatas:
+        raise ValueError(f"idatas: a method is named {REFERENCE_ROW!r}, the row of the "
+                         "reference draws; rename it")
+    return {REFERENCE_ROW: reference, **idatas}, REFERENCE_ROW, {REFERENCE_ROW: "reference"}
+
+
 def compare_posteriors(
     idatas: Mapping[str, object],
-    reference: str,
+    reference: str | arviz.InferenceData,
     *,
     var_names: Sequence[str] | None = None,
     wall_times: Mapping[str, float] | None = None,
@@ -158,8 +183,12 @@ def compare_posteriors(
     :param idatas: method name -> ``InferenceData`` (from :func:`~pyro_dgm.compare.from_mcmc`
         or :func:`~pyro_dgm.compare.from_guide`). Each posterior must carry the attribute
         ``inference_kind`` (``"mcmc"``: R-hat and ESS are computed; ``"vi"``).
-    :param reference: the key of the reference method; it gets a row too (errors 0,
-        ratio 1).
+    :param reference: the key of the reference method, or reference draws (an
+        ``InferenceData`` whose posterior has the variables with the same shapes, any
+        numbers of chains and draws, no ``inference_kind`` needed). Either way the reference
+        gets a row (errors 0, ratio 1); draws are the first row, named
+        :data:`REFERENCE_ROW`, of kind ``"reference"``, with R-hat and bulk ESS when they
+        have at least two chains (their wall time: a ``wall_time_s`` attribute, else NaN).
     :param var_names: variables to compare; default: those in every posterior, and the
         ``derived`` ones.
     :param wall_times: method -> seconds; default: each posterior's ``wall_time_s`` attr.
@@ -178,13 +207,13 @@ def compare_posteriors(
         ``sd_ratio``, ``w1_std``, ``r_hat``, ``ess_bulk``, ``nested_r_hat``, ``khat``,
         ``psis_ess``, ``svi_steps``, ``wall_time_s``.
     """
-    if reference not in idatas:
-        raise ValueError(f"reference {reference!r} is not one of the methods {list(idatas)}")
+    idatas, reference, given_kinds = _with_reference(idatas, reference)
     derived = dict(derived or {})
     for name, fn in derived.items():
         if not callable(fn):
             raise ValueError(f"derived[{name!r}]: must be a function of the posterior")
-    kinds = {method: _kind(method, idata) for method, idata in idatas.items()}
+    kinds = {method: given_kinds.get(method) or _kind(method, idata)
+             for method, idata in idatas.items()}
     posts = {method: _with_derived(method, idata.posterior, derived)
              for method, idata in idatas.items()}
     if var_names is None:
@@ -207,11 +236,13 @@ def compare_posteriors(
     for method, idata in idatas.items():
         post, kind = posts[method], kinds[method]
         draws = _draws(post, var_names)
-        rhat, ess = _diagnostics(post, var_names) if kind == "mcmc" else ({}, {})
-        nested = _nested(post, var_names) if kind == "mcmc" else {}
+        chains = kind in ("mcmc", "reference")
+        rhat, ess = _diagnostics(post, var_names) if chains else ({}, {})
+        nested = _nested(post, var_names) if chains else {}
         steps = post.attrs.get("svi_steps", np.nan)
         wall = (wall_times or {}).get(method, idata.posterior.attrs.get("wall_time_s", np.nan))
-        smoothed = (psis or {}).get(method) or psis_summary(idata)
+        smoothed = (psis or {}).get(method) or (_NO_PSIS if kind == "reference"
+                                                else psis_summary(idata))
         for label, values in draws.items():
             r = ref[label].ravel()
             v = values.ravel()
@@ -236,6 +267,9 @@ def compare_posteriors(
                 "wall_time_s": float(wall),
             })
     return pd.DataFrame(rows)
+
+
+_NO_PSIS = {"khat": np.nan, "psis_ess": np.nan}
 
 
 def _worst(group: pd.DataFrame) -> str:

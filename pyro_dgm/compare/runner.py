@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -28,13 +29,20 @@ import pandas as pd
 import pyro
 import torch
 
-from pyro_dgm.compare._arviz import set_attrs
+from pyro_dgm.compare._arviz import arviz, set_attrs
 from pyro_dgm.compare.plots import plot_posteriors, plot_sd_ratios
+from pyro_dgm.compare.problems.user import model_entry
 from pyro_dgm.compare.psis import psis_resample, psis_summary
-from pyro_dgm.compare.registry import METHODS, MODELS, MethodEntry
-from pyro_dgm.compare.report import compare_posteriors, summarize
+from pyro_dgm.compare.registry import METHODS, MethodEntry, ModelEntry
+from pyro_dgm.compare.report import REFERENCE_ROW, compare_posteriors, summarize
 from pyro_dgm.compare.report_dir import ReportDir
-from pyro_dgm.compare.settings import Settings, default_settings, num_threads, num_warmup
+from pyro_dgm.compare.settings import (
+    Problem,
+    Settings,
+    default_settings,
+    num_threads,
+    num_warmup,
+)
 from pyro_dgm.defaults import COMPARE_METHODS, COMPARE_MODEL, COMPARE_REFERENCE
 
 __all__ = [
@@ -63,6 +71,11 @@ class ComparisonResult:
     files: list[Path] = field(default_factory=list)
     #: method -> one-line reason, for methods that failed numerically (the rest ran)
     failures: dict[str, str] = field(default_factory=dict)
+    #: the reference's row in the tables: a method, or ``"reference"`` for draws from
+    #: elsewhere (the problem's own, e.g. posteriordb's; also in ``idatas``)
+    reference: str = COMPARE_REFERENCE
+    #: where the reference came from, in words
+    reference_source: str = ""
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
@@ -87,27 +100,38 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def run_comparison(
-    model: str = COMPARE_MODEL,
+    model: str | ModelEntry = COMPARE_MODEL,
     methods: list[str] | None = None,
     *,
-    reference: str = COMPARE_REFERENCE,
+    reference: str | arviz.InferenceData | None = None,
     out: str | os.PathLike | None = None,
     settings: Settings | None = None,
     overwrite: bool = False,
     log=print,
 ) -> ComparisonResult:
-    """Run ``methods`` on the registered ``model`` and compare them with ``reference``.
+    """Run ``methods`` on ``model`` and compare them with ``reference``.
 
     Torch runs with ``settings.threads`` intra-op threads for the whole comparison (default
     :func:`~pyro_dgm.compare.settings.num_threads`: the cores divided by the MCMC chain
-    processes, which inherit the setting), restored afterwards.
+    processes, which inherit the setting) and with ``settings.dtype`` as its default dtype
+    (so a model whose data are all integers, or whose priors are built from Python numbers,
+    still runs in the dtype asked for), both restored afterwards.
 
-    :param model: a name in :data:`pyro_dgm.compare.registry.MODELS`.
+    :param model: a name in :data:`pyro_dgm.compare.registry.MODELS`, ``"PATH.py:FUNCTION"``
+        (a model function in a file, called without data), or a
+        :class:`~pyro_dgm.compare.registry.ModelEntry`, e.g.
+        :func:`~pyro_dgm.compare.problems.user.file_model` for a file model with data.
     :param methods: names in :data:`pyro_dgm.compare.registry.METHODS` (default
-        :data:`DEFAULT_METHODS`); must include ``reference``. ``"<vi method>+psis"`` is that
-        method's draws resampled with their Pareto-smoothed importance weights
+        :data:`DEFAULT_METHODS`). ``"<vi method>+psis"`` is that method's draws resampled
+        with their Pareto-smoothed importance weights
         (:func:`~pyro_dgm.compare.psis_resample`), reusing the method's own draws when it is
         listed before.
+    :param reference: what every method is measured against: the name of one of
+        ``methods``; or an ``InferenceData`` of reference draws (its row in the tables is
+        ``"reference"``); or ``None`` (default): the problem's own reference draws
+        (:attr:`Problem.reference <pyro_dgm.compare.settings.Problem.reference>`, e.g.
+        posteriordb's) where it has them, else
+        :data:`pyro_dgm.defaults.COMPARE_REFERENCE` (which must then be among ``methods``).
     :param out: directory for the report, written through a
         :class:`~pyro_dgm.compare.report_dir.ReportDir`: staged beside ``out`` (checked for
         writability before sampling) and moved into place only when complete.
@@ -117,23 +141,56 @@ def run_comparison(
     """
     methods = list(DEFAULT_METHODS if methods is None else methods)
     settings = settings or default_settings()
-    model_entry = MODELS.get(model)
+    entry = model_entry(model) if isinstance(model, str) else model
     entries = [_method_entry(m) for m in methods]
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods: duplicate names in {methods}")
-    if reference not in methods:
-        raise ValueError(f"reference {reference!r} must be one of the methods {methods}")
-    staging = ReportDir(out, overwrite=overwrite) if out is not None else None
     log = log or (lambda *a: None)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads(settings))
+    previous_threads, previous_dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_default_dtype(settings.dtype)
+    staging = None
     try:
-        result = _run(model, model_entry, entries, reference, settings, staging, log)
+        pyro.set_rng_seed(settings.seed)
+        problem = entry.build(settings)
+        ref_name, external, source = _reference(reference, problem, methods)
+        staging = ReportDir(out, overwrite=overwrite) if out is not None else None
+        torch.set_num_threads(num_threads(settings))
+        log(f"model {entry.name}: {problem.description}")
+        log(f"reference: {ref_name} ({source})")
+        result = _run(entry.name, problem, entries, (ref_name, external, source), settings,
+                      staging, log)
     finally:
         torch.set_num_threads(previous_threads)
+        torch.set_default_dtype(previous_dtype)
         if staging is not None:
             staging.discard()
     return result
+
+
+def _reference(reference: str | arviz.InferenceData | None, problem: Problem,
+               methods: list[str]) -> tuple[str, arviz.InferenceData | None, str]:
+    """``(row name, external draws or None, source in words)`` of the comparison's
+    reference (see :func:`run_comparison`)."""
+    if reference is None:
+        reference = problem.reference if problem.reference is not None else COMPARE_REFERENCE
+    if isinstance(reference, str):
+        if reference not in methods:
+            raise ValueError(f"reference {reference!r} must be one of the methods {methods}"
+                             + ("" if problem.reference is not None else
+                                f" (model {problem.name!r} has no reference draws of its own)"))
+        return reference, None, f"method {reference} of this run"
+    if not hasattr(reference, "posterior"):
+        raise ValueError(f"reference: a method name or an InferenceData with a posterior "
+                         f"group, got {type(reference).__name__}")
+    if REFERENCE_ROW in methods:
+        raise ValueError(f"methods: {REFERENCE_ROW!r} names the reference draws' row; "
+                         "rename the method")
+    if reference is problem.reference:
+        source = problem.reference_source or f"reference draws of model {problem.name!r}"
+    else:
+        source = reference.posterior.attrs.get("reference_source",
+                                               "draws given to run_comparison")
+    return REFERENCE_ROW, copy.deepcopy(reference), str(source)
 
 
 def _method_entry(name: str) -> MethodEntry:
@@ -157,13 +214,20 @@ def _run_entry(entry: MethodEntry, problem, settings: Settings, idatas: dict):
     return psis_resample(base, seed=settings.seed)
 
 
-def _run(model, model_entry, entries, reference, settings, staging, log) -> ComparisonResult:
-    pyro.set_rng_seed(settings.seed)
-    problem = model_entry.build(settings)
-    log(f"model {model}: {problem.description}")
+def _run(model: str, problem: Problem, entries, reference: tuple, settings: Settings,
+         staging, log) -> ComparisonResult:
+    ref_name, external, source = reference
     path = staging.path if staging is not None else None
     run_id = staging.run_id if staging is not None else None
+    about = {"model": model, "reference": ref_name, "reference_source": source,
+             **({"run_id": run_id} if run_id else {})}
     idatas, files, failures = {}, [], {}
+    if external is not None:
+        set_attrs(external, {**about, "method": REFERENCE_ROW, "inference_kind": "reference"})
+        idatas[REFERENCE_ROW] = external
+        if path is not None:
+            files.append(path / f"{REFERENCE_ROW}.nc")
+            external.to_netcdf(str(files[-1]))
     for i, entry in enumerate(entries):
         pyro.clear_param_store()
         pyro.set_rng_seed(settings.seed + 1000 * i)
@@ -175,37 +239,40 @@ def _run(model, model_entry, entries, reference, settings, staging, log) -> Comp
         except (RuntimeError, ArithmeticError, torch.linalg.LinAlgError) as e:
             # a numerical failure of one method (e.g. a Hessian that is not positive
             # definite) must not lose the others: report it and go on
-            if entry.name == reference:
-                raise ValueError(f"reference method {reference!r} failed: {e}") from e
+            if entry.name == ref_name:
+                raise ValueError(f"reference method {ref_name!r} failed: {e}") from e
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
             failures[entry.name] = message
             log(f"  {entry.name} FAILED: {message}")
             continue
         wall = time.perf_counter() - start
-        set_attrs(idata, {"wall_time_s": wall, "method": entry.name, "model": model,
-                          "inference_kind": entry.kind,
-                          **({"run_id": run_id} if run_id else {})})
+        set_attrs(idata, {"wall_time_s": wall, "method": entry.name, "inference_kind": entry.kind,
+                          **about})
         idatas[entry.name] = idata
         log(f"  {entry.name}: {wall:.1f} s")
         if path is not None:
             files.append(path / f"{entry.name}.nc")
             idata.to_netcdf(str(files[-1]))
-    psis = {name: psis_summary(idata) for name, idata in idatas.items()}  # smoothed once
-    table = compare_posteriors(idatas, reference, var_names=problem.var_names, psis=psis)
+    methods = {name: idata for name, idata in idatas.items()
+               if external is None or name != REFERENCE_ROW}
+    psis = {name: psis_summary(idata) for name, idata in methods.items()}  # smoothed once
+    table = compare_posteriors(methods, external if external is not None else ref_name,
+                               var_names=problem.var_names, psis=psis)
     summary = summarize(table)
-    result = ComparisonResult(table, summary, idatas, path, files, failures)
+    result = ComparisonResult(table, summary, idatas, path, files, failures, ref_name, source)
     if staging is not None:
-        _write_report(result, problem, reference, settings, run_id, psis)
+        _write_report(result, problem, settings, run_id, psis)
         staging.commit({"model": model, "methods": [e.name for e in entries],
-                        "reference": reference, "seed": settings.seed})
+                        "reference": ref_name, "reference_source": source,
+                        "seed": settings.seed})
         result.files = [staging.final(f) for f in result.files]
         result.out = staging.out
     return result
 
 
-def _write_report(result: ComparisonResult, problem, reference: str, settings,
-                  run_id: str, psis: dict) -> None:
-    path = result.out
+def _write_report(result: ComparisonResult, problem, settings, run_id: str,
+                  psis: dict) -> None:
+    path, reference = result.out, result.reference
     table, summary = result.table, result.summary
     for name, frame in [("comparison", table), ("summary", summary)]:
         frame.to_csv(path / f"{name}.csv", index=False)
@@ -232,7 +299,7 @@ def _write_report(result: ComparisonResult, problem, reference: str, settings,
                     "(Yao et al. 2018; Vehtari et al. 2024).\n\n" + verdicts + "\n")
     index = (
         f"# Posterior comparison: {problem.name}\n\n{problem.description}\n\n"
-        f"Reference method: **{reference}**. Settings: {settings.num_chains} chain(s) x "
+        f"{_reference_line(result, reference)}\n\nSettings: {settings.num_chains} chain(s) x "
         f"{settings.num_samples} draws after {num_warmup(settings)} warm-up (`hmc`: its own "
         "sizes, `pyro_dgm.defaults.COMPARE_HMC_RUN`); "
         f"at most {settings.num_steps} SVI steps (stopped by the convergence rule: the "
@@ -246,3 +313,12 @@ def _write_report(result: ComparisonResult, problem, reference: str, settings,
     )
     (path / "index.md").write_text(index)
     result.files.append(path / "index.md")
+
+
+def _reference_line(result: ComparisonResult, reference: str) -> str:
+    """Where the reference came from, for the report's index page."""
+    if reference != REFERENCE_ROW or reference not in result.idatas:
+        return f"Reference: method **{reference}** of this run."
+    post = result.idatas[reference].posterior
+    return (f"Reference: the draws **{reference}** ({post.sizes['chain']} chain(s) x "
+            f"{post.sizes['draw']} draws), not run here: {result.reference_source}.")

@@ -78,7 +78,13 @@ class Pathfinder(AutoContinuous):
 
     :param model: a Pyro model with continuous latent sites only.
     :param num_paths: independent L-BFGS paths (Stan's default 4).
-    :param history_size: L-BFGS history :math:`m` (Stan: 5; the issue's default 6).
+    :param history_size: L-BFGS history :math:`m` (Stan: 5; the issue's default 6). The
+        covariance is exact only on the :math:`\le 2m` directions L-BFGS stepped in and the
+        Gilbert-Lemarechal diagonal (a *conditional* variance) elsewhere, so on a dense target
+        with :math:`D \gg 2m` the marginal sds come out too small; ``history_size >= D``
+        with ``wolfe_c2=0.01`` recovers a dense Gaussian when L-BFGS takes :math:`D` steps
+        before it converges (e.g. :math:`D = 10`, not :math:`D = 100`, condition number 100;
+        see ``docs/pathfinder.md``).
     :param num_draws: draws per path for the importance resampling, and the size of the
         resampled set :attr:`draws`.
     :param num_elbo_draws: Monte Carlo draws per ELBO estimate (Stan's default 25).

@@ -13,6 +13,7 @@ from pyro.infer import MCMC, NUTS, Predictive
 from pyro_dgm.inference import Pathfinder, init_to_pathfinder, psis_smooth
 from pyro_dgm.inference.lbfgs_gaussian import (
     LBFGSNormal,
+    LBFGSPath,
     curvature_history,
     gaussian_at,
     lbfgs_path,
@@ -69,6 +70,69 @@ def test_factors_equal_recursive_bfgs():
     v = q.sample((7,))
     ref = torch.distributions.MultivariateNormal(q.loc, H).log_prob(v)
     torch.testing.assert_close(q.log_prob(v), ref, atol=1e-10, rtol=0)
+
+
+def _dense_bfgs_by_hand(alpha0, pairs, history_size):
+    """The reference for :func:`curvature_history` + :func:`gaussian_at`, written from the
+    textbook forms with dense matrices: the diagonal as the diagonal of the BFGS *Hessian*
+    update of diag(1/alpha) scaled by y'diag(alpha)y / y's (Gilbert & Lemarechal 1989, as
+    the paper's Algorithm 3 states it), pairs failing s'y > eps |y|^2 skipped, and the
+    inverse Hessian as the BFGS inverse update of diag(alpha) by the last ``history_size``
+    accepted pairs in order."""
+    eps = torch.finfo(torch.float64).eps
+    alpha, accepted, out = alpha0.clone(), [], []
+    for s, y in pairs:
+        if float(s @ y) > eps * float(y @ y):
+            B = torch.diag(1 / alpha) * float(y @ (alpha * y)) / float(y @ s)
+            Bs = B @ s
+            B = B - torch.outer(Bs, Bs) / float(s @ Bs) + torch.outer(y, y) / float(y @ s)
+            alpha = 1 / B.diagonal()
+            accepted = (accepted + [(s, y)])[-history_size:]
+        H = torch.diag(alpha)
+        eye = torch.eye(alpha.shape[0], dtype=torch.float64)
+        for s_, y_ in accepted:
+            rho = 1 / float(s_ @ y_)
+            H = (eye - rho * torch.outer(s_, y_)) @ H @ (eye - rho * torch.outer(y_, s_)) \
+                + rho * torch.outer(s_, s_)
+        out.append(H)
+    return out
+
+
+def test_path_gaussians_equal_dense_bfgs_by_hand():
+    """Exact check of the whole chain (curvature check, diagonal update, history window,
+    compact factors, mean, log-determinant, density) on a quadratic target with given
+    iterates: two steps along which the gradient does not grow (s'y <= 0) must be skipped."""
+    gen = torch.Generator().manual_seed(5)
+    d, m = 7, 3
+    a = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    A = a @ a.T + torch.eye(d, dtype=torch.float64)  # the target's precision
+    xs = [torch.randn(d, generator=gen, dtype=torch.float64)]
+    grads = [A @ xs[0]]
+    for j in range(8):
+        step = 0.3 * torch.randn(d, generator=gen, dtype=torch.float64)
+        xs.append(xs[-1] + step)
+        grads.append(A @ xs[-1])
+        if j in (2, 5):  # a gradient that fails the curvature check (as from a non-quadratic)
+            grads[-1] = grads[-2] - 0.5 * step
+    path = LBFGSPath(torch.stack(xs), torch.zeros(len(xs), dtype=torch.float64),
+                     torch.stack(grads), 0)
+    pairs = list(zip(path.x.diff(dim=0), path.grad.diff(dim=0), strict=True))
+    assert sum(float(s @ y) <= 0 for s, y in pairs) == 2
+    expected = _dense_bfgs_by_hand(torch.ones(d, dtype=torch.float64), pairs, m)
+    for step, ((alpha, S, Y), H) in enumerate(zip(curvature_history(path, m), expected,
+                                                    strict=True), start=1):
+        assert S.shape[1] == min(m, sum(float(s @ y) > 0 for s, y in pairs[:step]))
+        q = gaussian_at(path.x[step], path.grad[step], alpha, S, Y)
+        torch.testing.assert_close(dense_cov(q), H, atol=1e-10, rtol=0)
+        torch.testing.assert_close(q.loc, path.x[step] - H @ path.grad[step], atol=1e-10,
+                                   rtol=0)
+        torch.testing.assert_close(q.variance, H.diagonal(), atol=1e-10, rtol=0)
+        # density (hence the log-determinant) of the factored form = the dense Gaussian's
+        v = torch.cat([q.sample((3,)), q.loc[None]])
+        ref = torch.distributions.MultivariateNormal(q.loc, H).log_prob(v)
+        torch.testing.assert_close(q.log_prob(v), ref, atol=1e-10, rtol=0)
+        logdet = -2 * q.log_prob(q.loc) - d * math.log(2 * math.pi)
+        torch.testing.assert_close(logdet, torch.logdet(H), atol=1e-10, rtol=0)
 
 
 def test_exact_with_conjugate_full_history():
