@@ -25,7 +25,11 @@ import torch
 
 from benchmarks._common import emit, parser
 from pyro_dgm.compare import default_settings, run_comparison
-from pyro_dgm.data.posteriordb import posteriordb_has_reference, posteriordb_names
+from pyro_dgm.data.posteriordb import (
+    load_posteriordb_data,
+    posteriordb_has_reference,
+    posteriordb_names,
+)
 
 METHODS = ["fullrank", "flow-realnvp", "flow-iaf"]
 COLUMNS = {"max_abs_std_error": "max_abs_std_error", "min_sd_ratio": "min_sd_ratio",
@@ -50,6 +54,13 @@ def main(argv=None) -> dict:
              else QUICK_NAMES if args.quick else posteriordb_names())
     settings = default_settings(quick=args.quick, seed=args.seed, progress=False, threads=1)
     results, ratios = {}, {}
+    run = {"methods": METHODS, "quick": args.quick, "num_steps": settings.num_steps,
+           "seed": args.seed, "reference": "posteriordb reference draws"}
+    try:
+        load_posteriordb_data(names[0])
+    except FileNotFoundError as e:  # no bundle on this machine: say so in the record
+        print(f"skipped: {e}", file=sys.stderr, flush=True)
+        return emit("flows_posteriordb", {"skipped": str(e)}, {}, settings=run, out=args.out)
     for name in names:
         if not posteriordb_has_reference(name):
             results[name] = {"skipped": "posteriordb holds no reference draws for it"}
@@ -72,8 +83,6 @@ def main(argv=None) -> dict:
             f"{m} err {r['max_abs_std_error']:.3f} sd [{r['min_sd_ratio']:.2f}, "
             f"{r['max_sd_ratio']:.2f}] W1 {r['mean_w1_std']:.3f}" for m, r in rows.items())
             + f" ({entry['wall_s']:.0f} s)", file=sys.stderr, flush=True)
-    run = {"methods": METHODS, "quick": args.quick, "num_steps": settings.num_steps,
-           "seed": args.seed, "reference": "posteriordb reference draws"}
     return emit("flows_posteriordb", results, ratios, settings=run, out=args.out)
 
 
