@@ -81,8 +81,8 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh, *,
     """Linear layers of ``sizes`` with ``activation`` between them (none after the last).
 
     :param out_scale: if given, the last layer's weights are multiplied by it and its bias
-        zeroed (a flow's conditioner starts near the identity, yet every parameter gets
-        gradient from the first step).
+        zeroed (0: a flow's conditioner outputs 0, so the flow starts at the identity; the
+        last layer gets gradient from the first step, the layers before it once it moved).
 
     Example::
 

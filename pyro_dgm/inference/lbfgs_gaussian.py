@@ -259,6 +259,15 @@ class LBFGSNormal(dist.TorchDistribution):
         inner = self.L @ self.L.transpose(-1, -2) - eye
         return self.scale ** 2 * (1 + ((self.Q @ inner) * self.Q).sum(-1))
 
+    @property
+    def covariance_matrix(self) -> torch.Tensor:
+        r""":math:`\Sigma` as a dense ``(..., D, D)`` matrix (e.g. to start a flow guide on it)."""
+        k, d = self.L.shape[-1], self.loc.shape[-1]
+        eye = torch.eye(k, dtype=self.L.dtype, device=self.L.device)
+        inner = self.Q @ (self.L @ self.L.transpose(-1, -2) - eye) @ self.Q.transpose(-1, -2)
+        inner = inner + torch.eye(d, dtype=self.loc.dtype, device=self.loc.device)
+        return self.scale[..., :, None] * inner * self.scale[..., None, :]
+
     def rsample(self, sample_shape=()) -> torch.Tensor:
         u = torch.randn(self._extended_shape(torch.Size(sample_shape)), dtype=self.loc.dtype,
                         device=self.loc.device)

@@ -30,7 +30,7 @@ from pyro_dgm.compare.methods.starts import init_to_jittered, map_start
 from pyro_dgm.compare.registry import register_method
 from pyro_dgm.compare.settings import Problem, Settings, num_warmup
 
-__all__: list[str] = []
+__all__ = ["fit_fullrank"]
 
 
 @register_method("nuts", kind="mcmc", description="Pyro NUTS (reference), chains from the MAP")
@@ -62,11 +62,19 @@ def run_meanfield(problem: Problem, settings: Settings):
     return export_guide(problem, guide, settings, {"svi_steps": steps})
 
 
+def fit_fullrank(problem: Problem, settings: Settings,
+                 desc: str = "fullrank") -> tuple[AutoMultivariateNormal, int]:
+    """Full-rank ADVI as the ``fullrank`` method fits it: the fitted guide and its steps
+    (the ``flow-*`` methods start from it)."""
+    guide = AutoMultivariateNormal(problem.model, init_loc_fn=init_to_median, init_scale=0.05)
+    steps = len(fit_svi(problem, guide, settings, desc=desc))
+    return guide, steps
+
+
 @register_method("fullrank", kind="vi",
                  description="AutoMultivariateNormal: full-rank Gaussian ADVI")
 def run_fullrank(problem: Problem, settings: Settings):
-    guide = AutoMultivariateNormal(problem.model, init_loc_fn=init_to_median, init_scale=0.05)
-    steps = len(fit_svi(problem, guide, settings, desc="fullrank"))
+    guide, steps = fit_fullrank(problem, settings)
     return export_guide(problem, guide, settings, {"svi_steps": steps})
 
 

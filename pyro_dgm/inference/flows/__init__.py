@@ -6,8 +6,10 @@
   2016), :class:`AffineCoupling` (Real NVP, Dinh et al., 2017);
 - :func:`build_flows`, :data:`FLOWS`: flow stacks by name;
 - :class:`FlowDistribution`: a diagonal Gaussian pushed through a flow stack;
-- :class:`FlowGuide`: a global autoguide; :class:`AmortizedFlowGuide`: an amortized guide
-  for local latents in a data plate.
+- :class:`FlowGuide`: a global autoguide, optionally started on an affine fit of the
+  posterior (``base=``) whose standardized space its flows act on; every layer starts at the
+  identity; :class:`AmortizedFlowGuide`: an amortized guide for local latents in a data
+  plate.
 """
 
 from pyro_dgm.inference.flows.amortized import AmortizedFlowGuide

@@ -10,7 +10,10 @@ where :math:`(\mu, \log\sigma)` come from one pass of a MADE network (Germain et
 over :math:`z` in a given variable order, with the context :math:`c` feeding the first
 hidden layer without a mask (it may influence every output). Sampling is one network
 pass; the inverse needs :math:`d` passes (one per variable, in order), so IAF can score
-arbitrary values. :math:`\log\sigma` is soft-clamped to :math:`(-s, s)` for stability.
+arbitrary values. :math:`\log\sigma` is soft-clamped,
+:math:`\log\sigma = s\tanh(\widetilde{\log\sigma} / s)` (a bounded Jacobian), and the
+MADE's last layer starts at zero (:math:`\mu = 0`, :math:`\log\sigma = 0`): a fresh layer is
+the identity map.
 
 Example::
 
@@ -39,11 +42,13 @@ class MADE(nn.Module):
     :param dim: input size :math:`d`; :param hidden_dims: hidden layer widths;
     :param num_outputs: outputs per input position; :param context_dim: context size;
     :param order: a permutation of ``range(dim)`` (default: the identity).
+    :param out_scale: factor on the last layer's random weights (0, the default: a zero last
+        layer, all outputs 0 at the start).
     """
 
     def __init__(self, dim: int, hidden_dims: Sequence[int], num_outputs: int = 2,
                  context_dim: int = 0, order: torch.Tensor | None = None,
-                 out_scale: float = 1e-2):
+                 out_scale: float = 0.0):
         super().__init__()
         self.dim, self.num_outputs = dim, num_outputs
         order = torch.arange(dim) if order is None else torch.as_tensor(order)

@@ -13,11 +13,14 @@ mapped to
 .. math::
 
     \hat u = u + \big(m(w^\top u) - w^\top u\big) \frac{w}{\lVert w\rVert^2}, \qquad
-    m(a) = -1 + \operatorname{softplus}(a),
+    m(a) = -1 + \operatorname{softplus}\big(a + \log(e - 1)\big),
 
 so that :math:`w^\top \hat u = m(w^\top u) > -1` whatever values the optimizer gives the
 parameters, and the log-determinant is computed as
-:math:`\log(1 + (1 - \tanh^2) \, m(w^\top u))`, which stays finite.
+:math:`\log(1 + (1 - \tanh^2) \, m(w^\top u))`, which stays finite. The paper's
+:math:`m(a) = -1 + \operatorname{softplus}(a)` is shifted by :math:`\log(e - 1)` so that
+:math:`m(0) = 0`: then :math:`u = 0` gives :math:`\hat u = 0`, the identity map, which is
+where a fresh layer starts (``init_scale=0``).
 
 With ``context_dim > 0`` (amortized guides) the encoder's context produces offsets to
 :math:`(u, w, b)` through a linear head, as in the paper where the inference network
@@ -34,6 +37,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,19 +47,22 @@ from pyro_dgm.inference.flows.base import ConditionalFlow
 
 __all__ = ["Planar"]
 
+_SOFTPLUS_INV_1 = math.log(math.e - 1)  # softplus(x) = 1, so m(0) = 0
+
 
 class Planar(ConditionalFlow):
     """Planar flow :math:`z + \\hat u \\tanh(w^\\top z + b)` with the invertibility fix.
 
     :param dim: dimension :math:`d`.
     :param context_dim: context size (0 for free parameters).
-    :param init_scale: standard deviation of the initial :math:`u` (small: the stack of
-        flows starts near the identity); :math:`w` starts with unit norm in expectation.
+    :param init_scale: standard deviation of a random initial :math:`u` and scale of the
+        context head's initial weights (0, the default: :math:`u = 0` and a zero head, the
+        identity map); :math:`w` starts with unit norm in expectation.
     """
 
     invertible = False
 
-    def __init__(self, dim: int, context_dim: int = 0, *, init_scale: float = 0.01):
+    def __init__(self, dim: int, context_dim: int = 0, *, init_scale: float = 0.0):
         super().__init__(dim, context_dim)
         d = self.dim
         self.u = nn.Parameter(torch.randn(d) * init_scale)
@@ -75,7 +83,7 @@ class Planar(ConditionalFlow):
             u, w, b = u + du, w + dw, b + db.squeeze(-1)
         wu = (w * u).sum(-1, keepdim=True)
         w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        m = F.softplus(wu) - 1
+        m = F.softplus(wu + _SOFTPLUS_INV_1) - 1
         u_hat = u + (m - wu) * w / w_sq
         return u_hat, w, b, m.squeeze(-1)
 

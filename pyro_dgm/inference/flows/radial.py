@@ -45,8 +45,8 @@ class Radial(ConditionalFlow):
     """Radial flow around a learnable centre :math:`z_0`.
 
     :param dim: dimension :math:`d`; :param context_dim: context size (0: free parameters).
-    :param init_scale: scale of the initial centre and of the context head's weights;
-        :math:`\\beta` starts near 0 (the identity).
+    :param init_scale: scale of the random initial centre; :math:`\\beta` starts at 0
+        exactly (and the context head at zero), so a fresh layer is the identity map.
     """
 
     invertible = False
@@ -56,12 +56,12 @@ class Radial(ConditionalFlow):
         d = self.dim
         self.z0 = nn.Parameter(torch.randn(d) * init_scale)
         self.alpha_raw = nn.Parameter(torch.full((), _SOFTPLUS_INV_1))
-        # beta = -alpha + softplus(beta_raw) ≈ 0 at the start
-        self.beta_raw = nn.Parameter(torch.full((), _SOFTPLUS_INV_1 + 0.01))
+        # beta = softplus(beta_raw) - softplus(alpha_raw) = 0 exactly: the identity
+        self.beta_raw = nn.Parameter(torch.full((), _SOFTPLUS_INV_1))
         if self.context_dim:
             self.head = nn.Linear(self.context_dim, d + 2)
             with torch.no_grad():
-                self.head.weight.mul_(init_scale)
+                self.head.weight.zero_()
                 self.head.bias.zero_()
 
     def parameters_for(self, context: torch.Tensor | None = None):

@@ -11,7 +11,10 @@ The coordinates are split into a kept part :math:`a` and a transformed part :mat
 with :math:`(s, t)` from one MLP over the kept part and the context :math:`c`. The inverse
 is closed-form, :math:`z_b = (y_b - t(y_a, c)) \odot \exp(-s(y_a, c))`, so coupling flows
 score arbitrary values. Stacked layers alternate the split (``parity``) so every
-coordinate gets transformed; :math:`s` is soft-clamped to :math:`(-s_{max}, s_{max})`.
+coordinate gets transformed; :math:`s` is soft-clamped,
+:math:`s = s_{max}\tanh(\tilde s / s_{max})`, so one layer scales by at most
+:math:`e^{\pm s_{max}}` (a bounded Jacobian). The network's last layer starts at zero
+(:math:`t = 0`, :math:`s = 0`): a fresh layer is the identity map.
 
 Example::
 
@@ -55,7 +58,8 @@ class AffineCoupling(ConditionalFlow):
         self.register_buffer("unperm", torch.argsort(perm), persistent=False)
         self.num_kept = d // 2
         in_dim = max(self.num_kept + self.context_dim, 1)  # a constant input when empty
-        self.net = mlp([in_dim, *hidden_dims, 2 * (d - self.num_kept)], nn.ReLU, out_scale=1e-2)
+        # a zero last layer: shift 0 and log-scale 0, the identity map at the start
+        self.net = mlp([in_dim, *hidden_dims, 2 * (d - self.num_kept)], nn.ReLU, out_scale=0.0)
         self.log_scale_bound = float(log_scale_bound)
 
     def _shift_log_scale(self, kept, context):

@@ -151,3 +151,32 @@ def test_misspelt_keyword_raises(name):
         build_flows(name, DIM, 2, bogus=1)
     flows = build_flows(name, DIM, 2, hidden_dims=(4,))  # declared by some flows only
     assert len(flows.flows) == 2
+
+
+@pytest.mark.parametrize("name,context_dim", CASES)
+def test_a_fresh_flow_is_the_identity_and_learns_from_the_first_step(name, context_dim,
+                                                                      dtype):
+    """Every layer starts at the identity map (zero last layers of the IAF/coupling
+    networks, u = 0 for planar, beta = 0 for radial, zero context heads), so a guide starts
+    exactly at its base distribution; yet the first gradient moves it away."""
+    torch.manual_seed(5)
+    flows = build_flows(name, DIM, 3, context_dim=context_dim, hidden_dims=(8, 8)).to(dtype)
+    z = torch.randn(4, 6, DIM, dtype=dtype) * 3
+    context = torch.randn(6, context_dim, dtype=dtype) if context_dim else None
+    y, log_det = flows(z, context)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(y, z, atol=tol, rtol=0)
+    torch.testing.assert_close(log_det, torch.zeros_like(log_det), atol=tol, rtol=0)
+    if flows.invertible:
+        z_back, log_det_back = flows.inverse(z, context)
+        torch.testing.assert_close(z_back, z, atol=tol, rtol=0)
+        torch.testing.assert_close(log_det_back, torch.zeros_like(log_det), atol=tol, rtol=0)
+    # a loss that the identity does not minimize: some parameter gets a gradient
+    target = torch.linspace(-1, 2, DIM, dtype=dtype)
+    ((y - target).square().sum() - log_det.sum()).backward()
+    moved = [p for p in flows.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert moved, "no parameter of a fresh flow gets a gradient"
+    opt = torch.optim.SGD(flows.parameters(), lr=1e-2)
+    opt.step()
+    y2, _ = flows(z, context)
+    assert (y2 - z).abs().max() > 1e-6  # one step leaves the identity

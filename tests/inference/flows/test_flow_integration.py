@@ -60,3 +60,7 @@ def test_compare_methods_run(method):
                                    progress=False)
     idata = METHODS.get(method).run(problem, settings)
     assert idata.posterior["z"].shape[:2] == (1, 10)
+    # full-rank ADVI first, then the flow on it: both stages' steps are recorded
+    attrs = idata.posterior.attrs
+    assert (attrs["affine_steps"], attrs["flow_steps"], attrs["svi_steps"]) == (3, 3, 6)
+    assert attrs["rejected_steps"] == 0
