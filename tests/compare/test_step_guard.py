@@ -35,7 +35,9 @@ def _fit(problem, guard, num_steps=60):
     pyro.set_rng_seed(0)
     guide = AutoNormal(problem.model)
     settings = default_settings(num_steps=num_steps, progress=False)
-    losses = fit_svi(problem, guide, settings, num_steps=num_steps, lr=0.05, guard=guard)
+    # compile=False: the stand-in for an overflow is Python state a captured graph never sees
+    losses = fit_svi(problem, guide, settings, num_steps=num_steps, lr=0.05, guard=guard,
+                     compile=False)
     return guide, losses
 
 
