@@ -34,7 +34,9 @@ already covers).
 Run: ``PYRO_DGM_POSTERIORDB=BUNDLE python -m benchmarks.posteriordb [--posteriors a,b]
 [--methods nuts,meanfield] [--quick] [--out FILE.json] [--table FILE.md]``; the JSON (and
 the table) are rewritten after each posterior, so a run that is cut off keeps what it did.
-``--quick``: 2 chains x (100 + 100), at most 200 SVI steps — a smoke test, not a score.
+``--quick``: 2 chains x (100 + 100), at most 200 SVI steps, on ``gp_pois_regr-gp_regr``
+unless ``--posteriors`` says otherwise — a smoke test, not a score. Without a bundle it
+exits with status 2, saying so.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ DEFAULT_METHODS = [
 MEAN_TOL = 0.25
 #: ... and the sd ratio within these bounds
 SD_RATIO_BOUNDS = (0.8, 1.25)
+#: the posterior of ``--quick`` when none is named
+QUICK_POSTERIOR = "gp_pois_regr-gp_regr"
 #: quick sizes: a smoke test of the whole pipeline
 QUICK = {"num_samples": 100, "num_warmup": 100, "num_chains": 2, "num_steps": 200}
 
@@ -245,7 +249,8 @@ def markdown(posteriors: dict) -> str:
     for name, p in posteriors.items():
         for method, s in p["methods"].items():
             if "failed" in s:
-                rows.append(f"| {name} | {method} | failed: {s['failed'][:120]} | | | | | | |")
+                why = s["failed"][:120].replace("|", "/")
+                rows.append(f"| {name} | {method} | failed: {why} | | | | | | |")
             elif s.get("reference"):
                 rows.append(f"| {name} | {method} | reference: this run's NUTS (no posteriordb "
                             f"draws), not scored | | | | | {_fmt(s['wall_time_s'], '.0f')} | |")
@@ -271,15 +276,21 @@ def _write(path: str | None, record: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser("every comparison method on eight posteriordb posteriors")
-    p.add_argument("--posteriors", default=",".join(POSTERIORS))
+    p.add_argument("--posteriors", default=None,
+                   help=f"comma-separated (default: all eight; with --quick: {QUICK_POSTERIOR})")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--table", default=None, help="also write the Markdown table here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from pyro_dgm.compare import default_settings
     from pyro_dgm.compare.registry import METHODS
+    from pyro_dgm.data.posteriordb import posteriordb_available
 
-    names = [n for n in args.posteriors.split(",") if n]
+    if not posteriordb_available():
+        p.error("no posteriordb bundle found: set PYRO_DGM_POSTERIORDB to the bundle's "
+                "directory (see docs/posteriordb.md)")
+    chosen = args.posteriors or (QUICK_POSTERIOR if args.quick else ",".join(POSTERIORS))
+    names = [n for n in chosen.split(",") if n]
     methods = [m for m in args.methods.split(",") if m]
     for n in names:
         if n not in POSTERIORS:
