@@ -264,6 +264,33 @@ def markdown(posteriors: dict) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def summary_markdown(record: dict) -> str:
+    """Two tables from a record: NUTS against the reference per posterior, and per method
+    the posteriors that pass Stan's rule."""
+    posteriors = record["results"]["posteriors"]
+    lines = ["| posterior | NUTS passes | max \\|std err\\| | sd ratios | min ESS | max R-hat "
+             "| violations |", "|---|---|---|---|---|---|---|"]
+    for name, p in posteriors.items():
+        a = p.get("nuts_agreement", {})
+        if a.get("passes") is None:
+            lines.append(f"| {name} | n/a | {a.get('note', p.get('failed', ''))} | | | | |")
+            continue
+        lines.append(f"| {name} | {'yes' if a['passes'] else 'no'} "
+                     f"| {_fmt(a['max_abs_std_error'])} | {_fmt(a['min_sd_ratio'])}-"
+                     f"{_fmt(a['max_sd_ratio'])} | {_fmt(a['min_ess_bulk'], '.0f')} "
+                     f"| {_fmt(a['max_r_hat'], '.3f')} | {'; '.join(a['violations'][:3])} |")
+    methods = record["settings"]["methods"]
+    lines += ["", "| method | passes Stan's rule | failed to run |", "|---|---|---|"]
+    for m in methods:
+        ok = [n for n, p in posteriors.items() if p["methods"].get(m, {}).get("stan_rule")]
+        scored = [n for n, p in posteriors.items() if "stan_rule" in p["methods"].get(m, {})]
+        failed = [n for n, p in posteriors.items() if "failed" in p["methods"].get(m, {})]
+        lines.append(f"| {m} | {len(ok)} of {len(scored) + len(failed)}"
+                     f"{' (' + ', '.join(n.split('-')[0] for n in ok) + ')' if ok else ''} "
+                     f"| {', '.join(n.split('-')[0] for n in failed)} |")
+    return "\n".join(lines) + "\n"
+
+
 def _write(path: str | None, record: dict) -> None:
     if not path:
         return
@@ -280,7 +307,13 @@ def main(argv: list[str] | None = None) -> dict:
                    help=f"comma-separated (default: all eight; with --quick: {QUICK_POSTERIOR})")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--table", default=None, help="also write the Markdown table here")
+    p.add_argument("--render", default=None, metavar="FILE.json",
+                   help="print the tables of a record written before, run nothing")
     args = p.parse_args(argv)
+    if args.render:
+        record = json.loads(Path(args.render).read_text())
+        print(markdown(record["results"]["posteriors"]) + "\n" + summary_markdown(record))
+        return record
     torch.set_num_threads(1)
     from pyro_dgm.compare import default_settings
     from pyro_dgm.compare.registry import METHODS

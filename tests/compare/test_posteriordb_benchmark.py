@@ -30,7 +30,7 @@ def test_stan_rule_at_its_bounds():
 
 
 @pytest.mark.slow
-def test_quick_run_records_scores_and_nuts_agreement(tmp_path):
+def test_quick_run_records_scores_and_nuts_agreement(tmp_path, capsys):
     """The benchmark's --quick on the smallest posterior with a few methods (~15 s)."""
     if not pdb.posteriordb_available():
         pytest.skip("no posteriordb bundle found (see docs/posteriordb.md)")
@@ -65,6 +65,11 @@ def test_quick_run_records_scores_and_nuts_agreement(tmp_path):
     lines = table.read_text().splitlines()
     assert len(lines) == 2 + len(scores)
     assert all(line.replace("\\|", "").count("|") == 10 for line in lines)
+    bench.main(["--render", str(out)])  # the tables again, from the file
+    rendered = capsys.readouterr().out
+    assert table.read_text() in rendered
+    nuts_row = "| nuts | " + ("1 of 1" if scores["nuts"]["stan_rule"] else "0 of 1")
+    assert nuts_row in rendered
 
 
 def test_without_a_bundle_it_exits_2(monkeypatch, capsys):
