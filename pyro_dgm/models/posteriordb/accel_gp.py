@@ -13,18 +13,10 @@ eigenvalues :math:`\sqrt{\lambda_m}` (data ``slambda_1``, ``M x D``), brms's ``g
     S(w) = \text{sdgp}^2\,(\sqrt{2\pi}\,\ell)^D \exp(-\tfrac12 \ell^2 \lVert w\rVert^2),
 
 the spectral density of the kernel with marginal sd ``sdgp`` and length scale :math:`\ell`.
-The model (Stan's ``model`` block, all constants included by brms)::
-
-    mu    = Intercept       + gpa(Xgp_1, sdgp_1, lscale_1, zgp_1, slambda_1);
-    sigma = exp(Intercept_sigma
-                + gpa(Xgp_sigma_1, sdgp_sigma_1, lscale_sigma_1, zgp_sigma_1, slambda_sigma_1));
-    target += student_t_lpdf(Intercept | 3, -13, 36);
-    target += student_t_lpdf(sdgp_1 | 3, 0, 36) - student_t_lccdf(0 | 3, 0, 36);
-    target += normal_lpdf(zgp_1 | 0, 1);
-    target += inv_gamma_lpdf(lscale_1 | 1.124909, 0.0177);
-    target += student_t_lpdf(Intercept_sigma | 3, 0, 10);
-    ... the same three lines for sdgp_sigma_1, zgp_sigma_1, lscale_sigma_1 ...
-    if (!prior_only) target += normal_lpdf(Y | mu, sigma);
+The model: :math:`\mu = \text{Intercept} + f_1`, :math:`\sigma = \exp(\text{Intercept\_sigma}
++ f_2)` with :math:`f_1, f_2` two such approximate GPs (40 and 20 basis functions),
+:math:`Y_n \sim \mathcal N(\mu_n, \sigma_n^2)` (left out when ``prior_only`` is nonzero),
+and the priors below.
 
 Statements and sites (every density with its normalizing constant, as brms writes it):
 

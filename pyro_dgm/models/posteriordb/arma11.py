@@ -1,18 +1,12 @@
 r"""posteriordb ``arma-arma11``: the ARMA(1, 1) time series model, in Pyro.
 
-The Stan model (posteriordb ``models/stan/arma11.stan``)::
+The model (posteriordb ``models/stan/arma11.stan``), with :math:`y_0 := \mu`, :math:`e_0 := 0`:
 
-    data { int<lower=1> T; array[T] real y; }
-    parameters { real mu; real phi; real theta; real<lower=0> sigma; }
-    model {
-      mu ~ normal(0, 10);  phi ~ normal(0, 2);  theta ~ normal(0, 2);
-      sigma ~ cauchy(0, 2.5);
-      nu[1] = mu + phi * mu;                                   // err[0] == 0
-      err[1] = y[1] - nu[1];
-      for (t in 2:T) { nu[t] = mu + phi * y[t-1] + theta * err[t-1];
-                       err[t] = y[t] - nu[t]; }
-      err ~ normal(0, sigma);
-    }
+.. math::
+
+    e_t = y_t - \mu - \phi\,y_{t-1} - \theta\,e_{t-1}, \qquad e_t \sim \mathcal N(0, \sigma^2),
+    \qquad \mu \sim \mathcal N(0, 10^2),\ \phi, \theta \sim \mathcal N(0, 2^2),\
+    \sigma \sim \mathrm{HalfCauchy}(2.5).
 
 Sites (Stan statement → Pyro site):
 

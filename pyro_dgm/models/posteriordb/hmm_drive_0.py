@@ -1,25 +1,8 @@
 r"""posteriordb ``bball_drive_event_0-hmm_drive_0``: a two-state hidden Markov model with
 exponential emissions (basketball drive events).
 
-The Stan model (posteriordb ``models/stan/hmm_drive_0.stan``, generated quantities left
-out)::
-
-    data { int<lower=1> K; int<lower=1> N; array[N] real u; array[N] real v;
-           matrix<lower=0>[K, K] alpha; }
-    parameters { simplex[K] theta1; simplex[K] theta2;
-                 positive_ordered[K] phi; positive_ordered[K] lambda; }
-    transformed parameters { array[K] simplex[K] theta; theta[1] = theta1; theta[2] = theta2; }
-    model {
-      for (k in 1:K) target += dirichlet_lpdf(theta[k] | alpha[k, :]');
-      target += normal_lpdf(phi[1] | 0, 1);     target += normal_lpdf(phi[2] | 3, 1);
-      target += normal_lpdf(lambda[1] | 0, 1);  target += normal_lpdf(lambda[2] | 3, 1);
-      // forward algorithm
-      gamma[1, k] = exponential_lpdf(u[1] | phi[k]) + exponential_lpdf(v[1] | lambda[k]);
-      gamma[t, k] = log_sum_exp_j(gamma[t-1, j] + log(theta[j, k])
-                                  + exponential_lpdf(u[t] | phi[k])
-                                  + exponential_lpdf(v[t] | lambda[k]));
-      target += log_sum_exp(gamma[N]);
-    }
+The model (posteriordb ``models/stan/hmm_drive_0.stan``, generated quantities left
+out):
 
 With emission log densities :math:`e_t(k) = \log\phi_k - \phi_k u_t + \log\lambda_k
 - \lambda_k v_t` the likelihood is

@@ -1,26 +1,8 @@
 r"""posteriordb ``mesquite-logmesquite_logvas``: log weight of mesquite bushes on log canopy
 volume, area, shape, total height, density and group, in Pyro.
 
-The Stan model (posteriordb ``models/stan/logmesquite_logvas.stan``; Gelman & Hill 2007,
-ch. 4)::
-
-    data { int<lower=0> N; vector[N] weight; vector[N] diam1; vector[N] diam2;
-           vector[N] canopy_height; vector[N] total_height; vector[N] density;
-           vector[N] group; }
-    transformed data {
-      log_weight = log(weight);
-      log_canopy_volume = log(diam1 .* diam2 .* canopy_height);
-      log_canopy_area = log(diam1 .* diam2);
-      log_canopy_shape = log(diam1 ./ diam2);
-      log_total_height = log(total_height);
-      log_density = log(density);
-    }
-    parameters { vector[7] beta; real<lower=0> sigma; }
-    model {
-      log_weight ~ normal(beta[1] + beta[2] * log_canopy_volume + beta[3] * log_canopy_area
-                          + beta[4] * log_canopy_shape + beta[5] * log_total_height
-                          + beta[6] * log_density + beta[7] * group, sigma);
-    }
+The model (posteriordb ``models/stan/logmesquite_logvas.stan``; Gelman & Hill 2007,
+ch. 4):
 
 Flat priors: :math:`p(\beta, \sigma) \propto 1` on :math:`\mathbb R^7 \times (0, \infty)`.
 

@@ -1,22 +1,7 @@
 r"""posteriordb ``nes2000-nes``: party identification on ideology, race, age group,
 education, gender and income (National Election Study 2000), in Pyro.
 
-The Stan model (posteriordb ``models/stan/nes.stan``; Gelman & Hill 2007, ch. 4)::
-
-    data { int<lower=0> N; vector[N] partyid7; vector[N] real_ideo; vector[N] race_adj;
-           vector[N] educ1; vector[N] gender; vector[N] income;
-           array[N] int age_discrete; }
-    transformed data {   // age as a factor
-      for (n in 1:N) { age30_44[n] = age_discrete[n] == 2;
-                       age45_64[n] = age_discrete[n] == 3;
-                       age65up[n] = age_discrete[n] == 4; }
-    }
-    parameters { vector[9] beta; real<lower=0> sigma; }
-    model {
-      partyid7 ~ normal(beta[1] + beta[2] * real_ideo + beta[3] * race_adj
-                        + beta[4] * age30_44 + beta[5] * age45_64 + beta[6] * age65up
-                        + beta[7] * educ1 + beta[8] * gender + beta[9] * income, sigma);
-    }
+The model (posteriordb ``models/stan/nes.stan``; Gelman & Hill 2007, ch. 4):
 
 Flat priors: :math:`p(\beta, \sigma) \propto 1` on :math:`\mathbb R^9 \times (0, \infty)`.
 
