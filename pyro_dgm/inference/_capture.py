@@ -50,8 +50,8 @@ from torch.utils import _pytree as pytree
 
 from pyro_dgm.inference._graph_passes import simplify
 
-__all__ = ["CaptureError", "Captured", "Structure", "capture", "discover", "signature",
-           "trace_graph"]
+__all__ = ["CaptureError", "Captured", "Structure", "capture", "discover", "rng_state",
+           "set_rng_state", "signature", "trace_graph"]
 
 
 class CaptureError(RuntimeError):
@@ -183,12 +183,14 @@ class Captured:
         return [x for x in pytree.tree_leaves((args, kwargs)) if torch.is_tensor(x)]
 
 
-def _rng_state(device) -> tuple:
+def rng_state(device) -> tuple:
+    """torch's CPU generator state and, given a CUDA ``device``, that device's."""
     cuda = torch.cuda.get_rng_state(device) if device is not None else None
     return torch.get_rng_state(), cuda
 
 
-def _set_rng_state(state, device) -> None:
+def set_rng_state(state, device) -> None:
+    """Restore a :func:`rng_state`."""
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1], device)
@@ -262,7 +264,7 @@ def capture(loss, model, guide, args: tuple, kwargs: dict, leaves: list) -> Capt
                            "the compiled gradient)")
     leaves = list(leaves)
     device = next((t.device for t in leaves if t.device.type == "cuda"), None)
-    state = _rng_state(device)
+    state = rng_state(device)
     for _ in range(2):
         graph, grad_index, spec = _trace_once(loss, model, guide, args, kwargs, leaves)
         known = {id(t) for t in leaves}
@@ -272,7 +274,7 @@ def capture(loss, model, guide, args: tuple, kwargs: dict, leaves: list) -> Capt
         if not missed:
             break
         leaves.extend(missed)
-        _set_rng_state(state, device)
+        set_rng_state(state, device)
     else:
         raise CaptureError("tensors that require grad are reached in a way the trace cannot "
                            "follow")

@@ -75,7 +75,9 @@ from pyro_dgm.inference._capture import (
     capture,
     discover,
     module_state,
+    rng_state,
     same_state,
+    set_rng_state,
     signature,
 )
 
@@ -130,17 +132,6 @@ def _cuda_device(tree):
                  if torch.is_tensor(x) and x.device.type == "cuda"), None)
 
 
-def _rng(device):
-    cuda = torch.cuda.get_rng_state(device) if device is not None else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng(state, device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
-
-
 class CompiledELBO(ELBO):
     """``loss`` with compiled steps (see the module docstring); build it with
     :func:`compile_loss`.
@@ -179,11 +170,11 @@ class CompiledELBO(ELBO):
                       "ordinary Pyro step from now on", CompileFallbackWarning, stacklevel=4)
 
     def _structure_changed(self, entry: _Entry, model, guide, args, kwargs, device) -> str:
-        state = _rng(device)
+        state = rng_state(device)
         try:
             sites, leaves, _, _ = discover(self.loss_fn, model, guide, args, kwargs)
         finally:
-            _set_rng(state, device)
+            set_rng_state(state, device)
         if sites != entry.sites:
             new = [s[1] for s in sites if s not in entry.sites]
             gone = [s[1] for s in entry.sites if s not in sites]
@@ -204,15 +195,15 @@ class CompiledELBO(ELBO):
         store_size = len(pyro.get_param_store())
         before = module_state(model, guide)
         device = _cuda_device((args, kwargs, [t for _, _, t in before]))
-        state = _rng(device)
+        state = rng_state(device)
         sites, leaves, names, created = discover(self.loss_fn, model, guide, args, kwargs,
-                                                 snapshot=lambda: _rng(device))
+                                                 snapshot=lambda: rng_state(device))
         if created is not None:  # parameters were initialized (drawing, as the ordinary
             state = created      # step does): the step's draws start after that
         elif len(pyro.get_param_store()) != store_size or \
                 len(module_state(model, guide)) != len(before) or not same_state(before):
-            state = _rng(device)  # created without a param site: cannot tell, carry on
-        _set_rng(state, device)
+            state = rng_state(device)  # created without a param site: cannot tell, carry on
+        set_rng_state(state, device)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the discovery run has said it already
@@ -221,10 +212,10 @@ class CompiledELBO(ELBO):
             self._fall_back(model, guide, str(e))
             return None
         finally:
-            _set_rng(state, device)
+            set_rng_state(state, device)
         if created is not None:  # a creating run also records the creation's param sites:
             sites = discover(self.loss_fn, model, guide, args, kwargs)[0]  # guard the steady
-            _set_rng(state, device)                                        # structure
+            set_rng_state(state, device)                                        # structure
         run = captured.graph
         inductor = self._backend(device) == "inductor"
         if inductor:
@@ -240,12 +231,12 @@ class CompiledELBO(ELBO):
             options["triton.cudagraphs"] = True  # what mode="reduce-overhead" sets
         compiled = torch.compile(captured.graph, dynamic=False, fullgraph=True,
                                  options=options)
-        state = _rng(device)
+        state = rng_state(device)
         with torch.no_grad():
             if device is not None:
                 torch.compiler.cudagraph_mark_step_begin()
             compiled(*captured.leaves, *captured.data(args, kwargs))  # compile now
-        _set_rng(state, device)
+        set_rng_state(state, device)
         return compiled
 
     def _step(self, model, guide, args, kwargs):
@@ -275,7 +266,7 @@ class CompiledELBO(ELBO):
         check = is_validation_enabled()
         if check:
             device = _cuda_device(captured.leaves)
-            state = _rng(device)
+            state = rng_state(device)
         with torch.no_grad():
             if entry.cuda_graphs:  # the next replay overwrites this one's outputs
                 torch.compiler.cudagraph_mark_step_begin()
@@ -283,7 +274,7 @@ class CompiledELBO(ELBO):
             else:
                 loss, *grads = entry.run(*captured.leaves, *data)
         if check and not bool(torch.isfinite(loss)):
-            _set_rng(state, device)  # the ordinary step from the same state says what broke
+            set_rng_state(state, device)  # the ordinary step from the same state says what broke
             return None
         return loss, grads, entry
 
