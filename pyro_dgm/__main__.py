@@ -1,6 +1,6 @@
 """``python -m pyro_dgm`` is the ``pyro-dgm`` command line."""
 
-from pyro_dgm.cli import main
+from pyro_dgm.cli import console_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
-__all__ = ["SUBCOMMANDS", "CLIError", "main"]
+__all__ = ["SUBCOMMANDS", "CLIError", "console_main", "main"]
 
 #: Modules that add a subcommand. Add yours here.
 SUBCOMMANDS = ("pyro_dgm.cli.compare", "pyro_dgm.cli.train", "pyro_dgm.cli.evaluate")
@@ -83,3 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{_command(argv)}: interrupted", file=sys.stderr)
         return 130
+
+
+def console_main() -> None:
+    """The ``pyro-dgm`` executable: :func:`main`, then exit with its status.
+
+    A Ctrl-C while the interpreter shuts down (after the command has ended, which with
+    torch loaded takes a noticeable moment) changes nothing, so it is ignored rather than
+    turned into a traceback and a signal exit status.
+    """
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(code)

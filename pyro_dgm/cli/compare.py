@@ -10,8 +10,12 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 
 from pyro_dgm.defaults import COMPARE_METHODS, COMPARE_MODEL, COMPARE_REFERENCE, DTYPE_NAMES
 
@@ -91,13 +95,35 @@ def run(args: argparse.Namespace) -> int:
         num_chains=args.num_chains, num_steps=args.num_steps, seed=args.seed,
         device=args.device, dtype=to_dtype(args.dtype), progress=not args.no_progress,
         threads=args.threads)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _interrupts_until_committed() as committed:
         warnings.simplefilter("ignore", FutureWarning)
         result = run_comparison(model, methods, reference=args.reference,
                                 out=args.out, settings=settings, overwrite=args.overwrite,
-                                log=lambda msg: print(msg, file=sys.stderr))
-    print(markdown_table(result.summary), end="")
-    for name, why in result.failures.items():
-        print(f"warning: method {name} failed and is not in the report: {why}", file=sys.stderr)
-    print(f"report written to {result.out / 'index.md'}")
+                                log=lambda msg: print(msg, file=sys.stderr),
+                                on_commit=committed.set)
+        print(markdown_table(result.summary), end="")
+        for name, why in result.failures.items():
+            print(f"warning: method {name} failed and is not in the report: {why}",
+                  file=sys.stderr)
+        print(f"report written to {result.out / 'index.md'}")
     return 0
+
+
+@contextlib.contextmanager
+def _interrupts_until_committed() -> Iterator[threading.Event]:
+    """Ctrl-C stops the run (exit 130, the previous report kept) until the report is in
+    place; after that it is too late to stop anything, and the command finishes (exit 0)."""
+    committed = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield committed
+        return
+
+    def handler(signum, frame):
+        if not committed.is_set():
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield committed
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -7,6 +7,9 @@ the staged one renamed to ``D``, and the old one deleted. An interrupted run (Ct
 error) removes its staging directory and leaves ``D`` as it was, so a directory named ``D``
 always holds one whole report whose ``index.md`` and ``.nc`` files belong to the same run
 (the run id in :data:`MARKER`, ``index.md`` and every NetCDF file's attributes says which).
+The two renames of a commit run with Ctrl-C held back (in the main thread): once the commit
+has begun the interrupt is too late to stop anything, and it is dropped, so ``D`` is never
+left renamed aside.
 
 ``D`` may be a previous report (it holds :data:`MARKER`), which is replaced, or missing or
 empty; anything else is refused unless ``overwrite=True``, so a typo in ``--out`` cannot
@@ -21,11 +24,15 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = ["MARKER", "ReportDir"]
@@ -40,12 +47,17 @@ class ReportDir:
     :param out: the report directory.
     :param overwrite: replace ``out`` even if it is a non-empty directory that is not a
         previous report.
+    :param on_commit: called (no arguments) once the report is in place, before Ctrl-C is
+        let through again: a command line uses it to stop treating Ctrl-C as "keep the
+        previous report" (``pyro-dgm compare`` then exits 0).
     :raises ValueError: ``out`` is a file, a non-empty directory that is not a report
         (without ``overwrite``), or its parent is not writable.
     """
 
-    def __init__(self, out: str | os.PathLike, *, overwrite: bool = False):
+    def __init__(self, out: str | os.PathLike, *, overwrite: bool = False,
+                 on_commit: Callable[[], None] | None = None):
         self.out = Path(out)
+        self.on_commit = on_commit
         self.run_id = uuid.uuid4().hex[:12]
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"out: {str(self.out)!r} is a file, not a directory")
@@ -72,11 +84,14 @@ class ReportDir:
         marker = {"run_id": self.run_id, **(info or {})}
         (self.path / MARKER).write_text(json.dumps(marker, indent=1, default=str))
         old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{self.run_id}")
-            os.replace(self.out, old)
-        os.replace(self.path, self.out)
-        self.committed = True
+        with _sigint_held_back():
+            if self.out.exists():
+                old = self.out.with_name(f".{self.out.name}.old-{self.run_id}")
+                os.replace(self.out, old)
+            os.replace(self.path, self.out)
+            self.committed = True
+            if self.on_commit is not None:
+                self.on_commit()
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.out
@@ -91,3 +106,16 @@ class ReportDir:
 
     def __exit__(self, *exc) -> None:
         self.discard()
+
+
+@contextlib.contextmanager
+def _sigint_held_back() -> Iterator[None]:
+    """Drop SIGINT for the duration (main thread only; elsewhere signals cannot arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def run_comparison(
     settings: Settings | None = None,
     overwrite: bool = False,
     log=print,
+    on_commit: Callable[[], None] | None = None,
 ) -> ComparisonResult:
     """Run ``methods`` on ``model`` and compare them with ``reference``.
 
@@ -139,6 +141,8 @@ def run_comparison(
     :param overwrite: replace ``out`` even if it is a non-empty directory that is not a
         previous report.
     :param log: where progress lines go (``None`` for silence).
+    :param on_commit: called once the report is in place (see
+        :class:`~pyro_dgm.compare.report_dir.ReportDir`).
     """
     methods = list(DEFAULT_METHODS if methods is None else methods)
     settings = settings or default_settings()
@@ -154,7 +158,8 @@ def run_comparison(
         pyro.set_rng_seed(settings.seed)
         problem = entry.build(settings)
         ref_name, external, source = _reference(reference, problem, methods)
-        staging = ReportDir(out, overwrite=overwrite) if out is not None else None
+        staging = (ReportDir(out, overwrite=overwrite, on_commit=on_commit)
+                   if out is not None else None)
         torch.set_num_threads(num_threads(settings))
         log(f"model {entry.name}: {problem.description}")
         log(f"reference: {ref_name} ({source})")
