@@ -119,6 +119,29 @@ def test_report_dir_refuses_a_file(tmp_path):
         ReportDir(path)
 
 
+def test_ctrl_c_during_the_commit_is_held_back(tmp_path, monkeypatch):
+    """A SIGINT between the two renames of a commit must not leave ``out`` renamed aside:
+    it is dropped, the commit completes, ``on_commit`` runs and the handler is restored."""
+    out = tmp_path / "r"
+    with ReportDir(out) as first:
+        first.commit()
+    real_replace, calls, seen = os.replace, [], []
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:  # the old report is aside, the new one not yet in place
+            signal.raise_signal(signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    with ReportDir(out, on_commit=lambda: seen.append(True)) as second:
+        second.commit()
+    assert len(calls) == 2 and seen == [True] and signal.getsignal(signal.SIGINT) is before
+    assert _run_id(out) == second.run_id
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
 def test_threads_default_and_restore(tmp_path):
     settings = default_settings(num_samples=5, num_warmup=5, num_chains=1, num_steps=5,
                                 progress=False)
