@@ -56,10 +56,10 @@ from pyro.infer.autoguide.initialization import init_to_uniform
 from pyro_dgm._validation import check_choice
 from pyro_dgm.inference.adaptation import ProposalAdapter, check_proposal_args
 from pyro_dgm.inference.chain_model import (
+    CHAIN_PLATE,
     ChainModel,
     NotVectorizable,
     describe_nonfinite,
-    plate_dims,
     site_log_prob,
 )
 from pyro_dgm.inference.mcmc import VectorizedKernel
@@ -231,7 +231,8 @@ class Gibbs(VectorizedKernel):
                     "batch dimension (write it to broadcast, e.g. index with Vindex): "
                     f"{str(e).splitlines()[0]}") from e
             K = cands.shape[0]
-            dependents, keep = [], set(site.plate_dims)
+            # plates, not dims: a factor in another plate at the same dim couples the elements
+            dependents, keep = [], set(_plate_frames(trace.nodes[name]))
             for f in cm.factors:
                 lp = site_log_prob(trace.nodes[f])
                 if lp.dim() > P + 2 or (lp.dim() == P + 2 and lp.shape[1] != cm.num_chains):
@@ -241,8 +242,9 @@ class Gibbs(VectorizedKernel):
                         "batch dimensions")
                 if lp.dim() == P + 2 and lp.shape[0] == K and K > 1:
                     dependents.append(f)
-                    keep &= plate_dims(trace.nodes[f])
-            sum_dims = tuple(d for d in range(-P, 0) if d not in keep)
+                    keep &= _plate_frames(trace.nodes[f])
+            kept = {dim for _, dim in keep}
+            sum_dims = tuple(d for d in range(-P, 0) if d not in kept)
             if kind == "enumerate":
                 batch = site.padded[1:len(site.padded) - len(fn.event_shape)]
                 coupled = [d for d in sum_dims if batch[d] > 1]
@@ -381,3 +383,9 @@ class Gibbs(VectorizedKernel):
                 out[c][f"{k} step size"] = steps[k]
         return out
 
+
+def _plate_frames(site) -> frozenset:
+    """``(name, dim)`` of a traced site's vectorized plates (not the chain plate): two
+    plates at the same dim are different plates, whose elements need not correspond."""
+    return frozenset((f.name, f.dim) for f in site["cond_indep_stack"]
+                     if f.vectorized and f.dim is not None and f.name != CHAIN_PLATE)

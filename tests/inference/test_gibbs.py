@@ -119,6 +119,23 @@ def test_assignments_drawn_for_whole_plate():
         check_exact({"z": z[..., n]}, {"z": (p, p * (1 - p))})
 
 
+def test_other_plate_at_the_same_dim_couples_the_elements():
+    """``y`` sits in plate ``b`` at the dim of ``z``'s plate ``a`` but every ``y_j`` depends
+    on all of ``z``: the elements of ``z`` are not conditionally independent, and drawing
+    them at once from per-element conditionals would be silently wrong."""
+    y = torch.tensor([2.0, 2.1, 1.9], dtype=torch.float64)
+
+    def model(y):
+        with pyro.plate("a", 3, dim=-1):
+            z = pyro.sample("z", dist.Bernoulli(y.new_tensor(0.5)))
+        total = z.sum(-1, keepdim=True)  # couples the elements of z
+        with pyro.plate("b", 3, dim=-1):
+            pyro.sample("y", dist.Normal(total, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match="site 'z': its elements along dim -1 enter a common"):
+        _vectorized(Gibbs(model), y, chains=4, num_samples=5, warmup=0)
+
+
 def test_from_mcmc_and_arviz_summary():
     mcmc = _vectorized(Gibbs(beta_bernoulli), BB_Y, chains=4, num_samples=300, warmup=200)
     idata = from_mcmc(mcmc)
