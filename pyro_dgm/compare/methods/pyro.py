@@ -101,7 +101,7 @@ def fit_fullrank(problem: Problem, settings: Settings,
 
 
 @register_method("fullrank", kind="vi",
-                 description="AutoMultivariateNormal: full-rank Gaussian ADVI")
+                 description="AutoMultivariateNormal: full-rank Gaussian ADVI from the MAP")
 def run_fullrank(problem: Problem, settings: Settings):
     guide, steps = fit_fullrank(problem, settings)
     return export_guide(problem, guide, settings, {"svi_steps": steps, "svi_start": guide.start})
