@@ -16,6 +16,7 @@ its chains, and ``fullrank`` its mean, at the MAP point of
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 from pyro.infer import MCMC, NUTS, Trace_ELBO
 from pyro.infer.autoguide import (
@@ -65,7 +66,7 @@ def run_meanfield(problem: Problem, settings: Settings):
     return export_guide(problem, guide, settings, {"svi_steps": steps})
 
 
-def fullrank_start(problem: Problem, settings: Settings) -> tuple:
+def fullrank_start(problem: Problem, settings: Settings) -> tuple[Callable, str]:
     """Where full-rank ADVI starts its mean: ``(init_loc_fn, description)``, the MAP point
     of :func:`~pyro_dgm.compare.methods.starts.shared_map_start` where one is found, else
     the prior median (as before the MAP start, e.g. for models with discrete latents).
