@@ -12,14 +12,14 @@
 
 Importing this package registers them all. What they share: :func:`fit_svi`,
 :func:`export_guide`, :func:`run_vectorized` (:mod:`~pyro_dgm.compare.methods.fitting`) and
-the MCMC start :func:`map_start` / :func:`init_to_jittered`
-(:mod:`~pyro_dgm.compare.methods.starts`). A new method goes in the module of its family,
-registered with :func:`pyro_dgm.compare.registry.register_method`.
+the MCMC (and full-rank ADVI) start :func:`map_start` / :func:`shared_map_start` /
+:func:`init_to_jittered` (:mod:`~pyro_dgm.compare.methods.starts`). A new method goes in
+the module of its family, registered with :func:`pyro_dgm.compare.registry.register_method`.
 """
 
 from pyro_dgm.compare.methods import flows, objectives, pathfinder, pyro, samplers
 from pyro_dgm.compare.methods.fitting import export_guide, fit_svi, run_vectorized, vi_draws
-from pyro_dgm.compare.methods.starts import init_to_jittered, map_start
+from pyro_dgm.compare.methods.starts import init_to_jittered, map_start, shared_map_start
 
 __all__ = [
     "export_guide",
@@ -32,5 +32,6 @@ __all__ = [
     "pyro",
     "run_vectorized",
     "samplers",
+    "shared_map_start",
     "vi_draws",
 ]

@@ -8,7 +8,7 @@
 Each runs in two stages (:func:`run_flow_guide`):
 
 1. full-rank ADVI exactly as the ``fullrank`` method fits it
-   (:func:`~pyro_dgm.compare.methods.pyro.fit_fullrank`);
+   (:func:`~pyro_dgm.compare.methods.pyro.fit_fullrank`, its mean started at the MAP);
 2. the flow guide with that Gaussian as its ``base``: the flows act on the Gaussian's
    standardized space and start at the identity, so the guide starts *as* the Gaussian.
    It is fitted with :func:`~pyro_dgm.compare.methods.fitting.fit_svi` (the same convergence
@@ -16,7 +16,8 @@ Each runs in two stages (:func:`run_flow_guide`):
    space where the posterior is roughly :math:`\\mathcal N(0, I)`, with 16 particles.
 
 The posterior's ``svi_steps`` is the sum of both stages; ``affine_steps``, ``flow_steps``
-and ``rejected_steps`` (the guard's) are recorded too. Example::
+and ``rejected_steps`` (the guard's) are recorded too, and ``svi_start`` (where the
+Gaussian started). Example::
 
     pyro-dgm compare --model fa --methods nuts,fullrank,flow-realnvp --quick --out report
 """
@@ -66,6 +67,7 @@ def run_flow_guide(problem: Problem, settings: Settings, method: str):
     guide, losses = fit_flow_stage(problem, settings, method, gaussian)
     return export_guide(problem, guide, settings, {
         "svi_steps": affine_steps + len(losses), "affine_steps": affine_steps,
+        "svi_start": gaussian.start,
         "flow_steps": len(losses), "rejected_steps": losses.rejected})
 
 

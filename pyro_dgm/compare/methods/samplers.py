@@ -32,7 +32,11 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_dgm.compare._arviz import set_attrs
 from pyro_dgm.compare.methods.fitting import run_vectorized
-from pyro_dgm.compare.methods.starts import jittered_starts, laplace_inverse_mass, map_start
+from pyro_dgm.compare.methods.starts import (
+    jittered_starts,
+    laplace_inverse_mass,
+    shared_map_start,
+)
 from pyro_dgm.compare.registry import register_method
 from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.defaults import COMPARE_HMC_RUN, COMPARE_RUN, NESTED_RHAT_SUPERCHAINS
@@ -100,7 +104,7 @@ def hmc_kernel(problem: Problem, settings: Settings, chains: int) -> tuple[ChEES
         >>> kernel, start = hmc_kernel(problem, settings, 64)
     """
     try:
-        point = map_start(problem, settings)
+        point = shared_map_start(problem, settings)
     except (NotImplementedError, ValueError):  # no MAP: jittered_starts says why
         point = None
     init, start = jittered_starts(problem, settings, chains, point=point)

@@ -9,12 +9,15 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoLaplaceApproximation, init_to_median, init_to_sample
+from pyro.util import get_rng_state, set_rng_state
 from torch.distributions import biject_to
 
 from pyro_dgm._validation import check_int
@@ -22,7 +25,7 @@ from pyro_dgm.compare.settings import Problem, Settings
 from pyro_dgm.defaults import MAP_LBFGS_ITERATIONS, MAP_STARTS
 
 __all__ = ["MAX_METRIC_DIM", "init_to_jittered", "jittered_starts", "laplace_inverse_mass",
-           "map_start"]
+           "map_start", "shared_map_start"]
 
 #: :func:`laplace_inverse_mass` skips posteriors with more unconstrained coordinates (its
 #: Hessian costs one backward pass per coordinate)
@@ -48,6 +51,16 @@ def map_start(problem: Problem, settings: Settings, num_steps: int = MAP_LBFGS_I
     and three prior draws, one of the four fits on that job ends in the minor mode
     (negative log density 2874.28 against 2801.22), hence several starts.
 
+    A start whose log density is not finite (or whose evaluation raises ``ValueError``) is
+    skipped; L-BFGS runs guarded (:func:`_fit_map`): trial points of the line search where
+    the density is not finite, or far worse than the start, make it back off. Unguarded,
+    one far trial point poisoned a whole fit: on posteriordb's ``arma-arma11`` ``sigma``
+    underflowed to 0 (``log sigma`` near -900), on ``bball_drive_event_0-hmm_drive_0`` the
+    second emission rate overflowed to ``inf`` (its ordered increment ``exp(8.5)``), making
+    the forward pass's initial logits NaN, and either raised out of ``map_start``.
+
+    :raises ValueError: when no start reaches a finite log density.
+
     Example::
 
         >>> problem = MODELS.get("fa").build(settings)
@@ -55,34 +68,123 @@ def map_start(problem: Problem, settings: Settings, num_steps: int = MAP_LBFGS_I
         ...     map_start(problem, settings)))
     """
     num_steps = check_int("num_steps", num_steps, minimum=1)
-    best, best_loss = None, math.inf
-    for i in range(check_int("num_starts", num_starts, minimum=1)):
+    num_starts = check_int("num_starts", num_starts, minimum=1)
+    best, best_loss, rejected = None, math.inf, []
+    for i in range(num_starts):
         with pyro.get_param_store().scope():  # a fresh store: every start is independent
             guide = AutoLaplaceApproximation(problem.model, init_loc_fn=init_to_median
                                              if i == 0 else init_to_sample)
-            guide(*problem.args, **problem.kwargs)  # creates the parameters
-            optim = torch.optim.LBFGS(list(guide.parameters()), lr=1.0, max_iter=num_steps,
-                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7,
-                                      tolerance_change=1e-10)
-
-            def closure(guide=guide, optim=optim):
-                optim.zero_grad()
-                loss = Trace_ELBO().differentiable_loss(problem.model, guide, *problem.args,
-                                                        **problem.kwargs)
-                loss.backward()
-                return loss
-
-            optim.step(closure)
-            with torch.no_grad():  # - log density at the point, Jacobian included
-                loss = Trace_ELBO().loss(problem.model, guide, *problem.args,
-                                         **problem.kwargs)
-                if loss < best_loss:  # the guide's draw is its point mass: the MAP
-                    best_loss = loss
+            try:
+                guide(*problem.args, **problem.kwargs)  # creates the parameters
+                loss = _fit_map(problem, guide, num_steps)
+            except ValueError as e:  # e.g. a start outside the density's domain
+                loss = str(e).splitlines()[0] if str(e) else "ValueError"
+            if isinstance(loss, str):
+                rejected.append(f"start {i}: {loss}")
+            elif loss < best_loss:  # the guide's draw is its point mass: the MAP
+                best_loss = loss
+                with torch.no_grad():
                     best = {k: v.detach() for k, v in guide(*problem.args,
                                                             **problem.kwargs).items()}
     if best is None:
-        raise ValueError("map_start: no start reached a finite log density")
+        raise ValueError(f"map_start: no start reached a finite log density on "
+                         f"{problem.name!r} ({'; '.join(rejected)})")
     return best
+
+
+#: id(problem) -> (weak reference to the problem, its MAP point or None, the error or None)
+_SHARED_MAPS: dict[int, tuple] = {}
+
+
+def shared_map_start(problem: Problem, settings: Settings) -> dict:
+    """:func:`map_start`'s point of ``problem``, fitted once per :class:`Problem` object and
+    then reused: the methods of one comparison (``hmc``, ``nuts``, ``fullrank`` and the
+    ``flow-*`` stages) share one problem, so the MAP is fitted once per run. The fit runs
+    on a copy of the random state (the caller's stream is restored afterwards), so what a
+    method draws next does not depend on whether another method fitted the MAP first. A
+    failure (``NotImplementedError``, ``ValueError``) is remembered and raised again.
+
+    Example::
+
+        >>> guide = AutoMultivariateNormal(problem.model, init_loc_fn=init_to_value(
+        ...     values=shared_map_start(problem, settings)))
+    """
+    entry = _SHARED_MAPS.get(id(problem))
+    if entry is None or entry[0]() is not problem:
+        device = torch.device(settings.device)
+        state = get_rng_state()
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                entry = (weakref.ref(problem), map_start(problem, settings), None)
+        except (NotImplementedError, ValueError) as e:  # e.g. discrete latents: no MAP
+            entry = (weakref.ref(problem), None, e)
+        finally:
+            set_rng_state(state)
+        _SHARED_MAPS[id(problem)] = entry
+        weakref.finalize(problem, _SHARED_MAPS.pop, id(problem), None)
+    if entry[2] is not None:
+        raise entry[2]
+    return dict(entry[1])
+
+
+def _fit_map(problem: Problem, guide: AutoLaplaceApproximation, num_steps: int) -> float | str:
+    r"""Fit ``guide``'s point mass by guarded L-BFGS from where it stands; leave it at the
+    lowest finite loss evaluated and return that loss (:math:`-\log p` at the point,
+    Jacobian included), or why the start is skipped (its loss is not finite).
+
+    The guard: while L-BFGS runs (Pyro's and torch's argument validation off), an
+    evaluation whose loss or gradient is not finite, or that raises ``ValueError`` (a
+    constrained value that left its support, e.g. ``exp`` underflowing to 0 or overflowing
+    to ``inf`` at a far trial point of the line search), returns the finite penalty
+    :math:`f_0 + |f_0| + 1` (:math:`f_0` the start's loss, above every point the search
+    accepts) with a zero gradient; so does a finite loss above the penalty (a trial loss of
+    :math:`10^{271}` on the HMM made the line search's cubic interpolation overflow into a
+    NaN step). The strong-Wolfe search then brackets the step and backs off (its cubic
+    step lands on the bracket's good end, clipped to 10% inside). The point kept is the
+    best one evaluated, so a fit never ends worse than its start. The start itself is
+    evaluated with validation as the caller has it.
+    """
+    params = list(guide.parameters())
+
+    def loss_fn():
+        return Trace_ELBO().differentiable_loss(problem.model, guide, *problem.args,
+                                                **problem.kwargs)
+
+    with torch.no_grad():
+        start = float(loss_fn())
+    if not math.isfinite(start):
+        return f"loss {start} at the start"
+    penalty = start + abs(start) + 1.0
+    best = [start, [p.detach().clone() for p in params]]
+    optim = torch.optim.LBFGS(params, lr=1.0, max_iter=num_steps, line_search_fn="strong_wolfe",
+                              tolerance_grad=1e-7, tolerance_change=1e-10)
+
+    def closure():
+        optim.zero_grad()
+        try:
+            with warnings.catch_warnings():  # a NaN here is expected: the guard handles it
+                warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)")
+                loss = loss_fn()
+                loss.backward()
+            value = float(loss.detach())  # the closure's value goes to the host anyway
+        except ValueError:  # a value outside its support, found by a model's own check
+            loss, value = None, math.nan
+        grads_ok = loss is not None and all(
+            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+        if not (value < penalty and grads_ok):  # NaN, inf, or worse than any accepted point
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            return params[0].new_tensor(penalty)
+        if value < best[0]:
+            best[0], best[1] = value, [p.detach().clone() for p in params]
+        return loss
+
+    with pyro.validation_enabled(False):
+        optim.step(closure)
+    with torch.no_grad():
+        for p, b in zip(params, best[1], strict=True):
+            p.copy_(b)
+    return best[0]
 
 
 def init_to_jittered(values: dict, scale: float = 0.1):
@@ -114,7 +216,7 @@ def jittered_starts(problem: Problem, settings: Settings, chains: int,
     ``initial_params``: the :func:`map_start` point plus :math:`\mathcal N(0, scale^2)`
     noise per chain (as :func:`init_to_jittered`), or ``None`` (the kernel's prior-median
     start) where no MAP can be fitted; and a description of the start. ``point``: a
-    :func:`map_start` point already found (else it is fitted here).
+    :func:`map_start` point already found (else :func:`shared_map_start`'s).
 
     Example::
 
@@ -122,7 +224,7 @@ def jittered_starts(problem: Problem, settings: Settings, chains: int,
         >>> kernel.initial_params = init
     """
     try:
-        point = map_start(problem, settings) if point is None else point
+        point = shared_map_start(problem, settings) if point is None else point
     except (NotImplementedError, ValueError) as e:  # e.g. discrete latents: no MAP
         return None, f"prior median (no MAP start: {e})"
     with torch.no_grad(), poutine.block():
