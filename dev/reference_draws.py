@@ -121,14 +121,15 @@ def dispersed_starts(problem, settings, chains: int, inflation: float = 2.0,
     return init, record
 
 
-def run_chains(problem, init: dict, chains: int, warmup: int, samples: int):
+def run_chains(problem, init: dict, chains: int, warmup: int, samples: int,
+               progress: bool = False):
     """ChEES-HMC (dense metric) from ``init``; the ``InferenceData`` and the kernel's
     adapted settings."""
     kernel = ChEESHMC(problem.model, max_plate_nesting=problem.max_plate_nesting)
     kernel.initial_params = init
     kernel.compile_potential = True
     mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, num_chains=chains,
-                chain_method="vectorized", disable_progbar=True)
+                chain_method="vectorized", disable_progbar=not progress)
     mcmc.run(*problem.args, **problem.kwargs)
     diagnostics = kernel.chain_diagnostics()
     idata = from_mcmc(mcmc, log_likelihood=False)
@@ -213,6 +214,13 @@ def write_reference(directory, name: str, arrays: dict[str, np.ndarray], source:
     tmp = directory / ".manifest.tmp.json"
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(tmp, manifest_path)
+    readme = directory / "README.md"
+    note = (f"\n{name}: its reference draws are NOT posteriordb's but pyro_dgm's own "
+            "(dev/reference_draws.py); manifest.json's reference_source says how they were "
+            "made.\n")
+    if readme.is_file() and note not in readme.read_text():
+        with readme.open("a") as f:
+            f.write(note)
     pdb._manifest.cache_clear()  # the loader caches what it read; it changed
     pdb._arrays.cache_clear()
 
@@ -229,8 +237,12 @@ def reference_for(name: str, args) -> dict:
         start = time.time()
         init, starts = dispersed_starts(problem, settings, args.chains, args.inflation,
                                         args.candidates)
-        idata, kernel = run_chains(problem, init, args.chains, args.warmup, args.samples)
+        idata, kernel = run_chains(problem, init, args.chains, args.warmup, args.samples,
+                                   args.progress)
         runs.append(idata)
+        if args.save:  # every draw and sample stat, for a closer look (e.g. divergences)
+            os.makedirs(args.save, exist_ok=True)
+            idata.to_netcdf(os.path.join(args.save, f"{name}_seed{seed}.nc"))
         report["runs"].append({"seed": seed, "starts": starts, "kernel": kernel,
                                "checks": check(idata, var_names),
                                "wall_s": round(time.time() - start, 1)})
@@ -258,7 +270,9 @@ def reference_for(name: str, args) -> dict:
               f"stored 10 chains x 100 (every chain thinned evenly); max R-hat "
               f"{max(r['checks']['max_rhat'][0] for r in worst):.4f}, min bulk/tail ESS "
               f"{min(r['checks']['min_ess_bulk'][0] for r in worst):.0f}/"
-              f"{min(r['checks']['min_ess_tail'][0] for r in worst):.0f} per run"
+              f"{min(r['checks']['min_ess_tail'][0] for r in worst):.0f} per run, "
+              f"{sum(r['kernel']['divergences'] for r in worst)} divergent of "
+              f"{len(worst) * args.chains * args.samples} kept transitions"
               + (f", runs agree (max |z| {report['agreement']['max_z']:.2f})"
                  if "agreement" in report and not failures else "")
               + (f"; FAILED CHECKS, written with --force: {'; '.join(failures)}"
@@ -290,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="check, write nothing")
     parser.add_argument("--force", action="store_true", help="write even if a check fails")
     parser.add_argument("--json", help="write the report here too")
+    parser.add_argument("--progress", action="store_true", help="progress bar (stderr)")
+    parser.add_argument("--save", help="directory for each run's full InferenceData (.nc)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     names = args.names or [n for n in pdb.posteriordb_names()

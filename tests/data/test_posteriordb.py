@@ -134,6 +134,7 @@ def _small_bundle(path: Path, name: str) -> None:
                         "dims": []}]}}}
     (path / "manifest.json").write_text(json.dumps(manifest))
     np.savez_compressed(path / f"{name}.npz", **{"data.N": np.int64(2)})
+    (path / "README.md").write_text("# posteriordb bundle\n")
 
 
 def test_own_reference_is_stored_in_the_bundle_format(tmp_path, monkeypatch):
@@ -172,6 +173,8 @@ def test_own_reference_is_stored_in_the_bundle_format(tmp_path, monkeypatch):
     np.testing.assert_array_equal(pdb.load_posteriordb_reference(name)["sigma"],
                                   arrays["sigma"])
     assert pdb.load_posteriordb_data(name)["N"] == 2  # the data kept
+    script.write_reference(tmp_path, name, arrays, "ours, test")  # again: one README note
+    assert (tmp_path / "README.md").read_text().count("NOT posteriordb's") == 1
     with pytest.raises(ValueError, match="'sigma' has shape"):
         script.write_reference(tmp_path, name, {**arrays, "sigma": arrays["sigma"][:5]}, "x")
     pdb._manifest.cache_clear()
