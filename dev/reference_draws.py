@@ -36,7 +36,7 @@ Procedure, per posterior and per seed (``--seeds``, two by default: independent 
 Usage (the bundle's ``manifest.json`` is backed up to ``manifest.orig.json`` first)::
 
     PYRO_DGM_POSTERIORDB=BUNDLE python dev/reference_draws.py [NAME ...] \
-        --chains 128 --warmup 2000 --samples 1000 --json report.json
+        --chains 64 --warmup 1000 --samples 1000 --json report.json
 
 Without ``NAME`` it fills every bundle posterior that has no reference draws.
 """
@@ -291,8 +291,8 @@ def reference_for(name: str, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="posteriors (default: those without draws)")
-    parser.add_argument("--chains", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=2000)
+    parser.add_argument("--chains", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 2], help="one independent run per seed (comma list)")
