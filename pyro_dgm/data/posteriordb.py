@@ -11,7 +11,10 @@ written by ``dev/vendor_posteriordb.py`` from posteriordb at commit 28f8d3d:
   reference draws thinned evenly from 10 chains x 1,000 to 10 chains x 100, shape
   ``(chains, draws, *declared_shape)``;
 - ``manifest.json``: the data and parameter declarations (name, Stan type, dimensions)
-  and the provenance.
+  and the provenance. An entry whose draws were made here, not by posteriordb
+  (``dev/reference_draws.py``, for a posterior posteriordb's snapshot has none for), says
+  so in its ``reference_source`` (:func:`posteriordb_reference_source`); without that field
+  the draws are posteriordb's.
 
 The bundle is found at, in order: the directory named by the environment variable
 ``PYRO_DGM_POSTERIORDB``; ``pyro_dgm/data/posteriordb/`` (package data); a folder
@@ -55,6 +58,7 @@ __all__ = [
     "posteriordb_has_reference",
     "posteriordb_names",
     "posteriordb_parameters",
+    "posteriordb_reference_source",
 ]
 
 #: environment variable naming the bundle directory
@@ -193,6 +197,17 @@ def posteriordb_parameters(name: str) -> dict[str, StanParameter]:
 def posteriordb_has_reference(name: str) -> bool:
     """Whether the bundle holds reference draws for ``name``."""
     return bool(_entry(name)[1]["has_reference"])
+
+
+def posteriordb_reference_source(name: str) -> str | None:
+    """Who made the bundle's reference draws of ``name``: the manifest entry's
+    ``reference_source`` (draws not from posteriordb, e.g. ``dev/reference_draws.py``'s
+    own sampler runs), or ``None`` when the draws are posteriordb's own (or there are none).
+
+    :raises ValueError: naming ``name`` when it is not one of the eight.
+    """
+    entry = _entry(name)[1]
+    return entry.get("reference_source") if entry["has_reference"] else None
 
 
 def load_posteriordb_reference(name: str) -> dict[str, np.ndarray]:

@@ -18,12 +18,14 @@ needs_bundle = pytest.mark.skipif(
            f"{pdb.ENV_VAR}, or place it at shared/posteriordb)")
 
 
-def _vendor_script():
-    spec = importlib.util.spec_from_file_location("vendor_posteriordb",
-                                                  ROOT / "dev" / "vendor_posteriordb.py")
+def _dev_script(name: str = "vendor_posteriordb"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "dev" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+_vendor_script = _dev_script
 
 
 @pytest.mark.parametrize("column, expected", [
@@ -114,10 +116,69 @@ def test_loader_on_a_written_bundle(tmp_path, monkeypatch):
     assert data["x"].dtype == np.float64  # stored as integers, declared vector (real)
     assert pdb.posteriordb_parameters(name)["sigma"] == ("real", "lower=0", ())
     assert pdb.load_posteriordb_reference(name)["beta"].shape == (10, 100, 2)
+    assert pdb.posteriordb_reference_source(name) is None  # no field: posteriordb's draws
     with pytest.raises(FileNotFoundError, match="kidscore_momiq.stan"):
         pdb.load_posteriordb_stan_code(name)
     with pytest.raises(ValueError, match="'nes2000-nes' is not in the bundle"):
         pdb.load_posteriordb_data("nes2000-nes")
+
+
+def _small_bundle(path: Path, name: str) -> None:
+    """A bundle entry without reference draws, as the vendor script writes one."""
+    manifest = {"posteriors": {name: {
+        "model": "kidscore_momiq", "has_reference": False, "reference_shape": None,
+        "data": [{"name": "N", "stan_type": "int", "base": "int", "dims": []}],
+        "parameters": [{"name": "beta", "stan_type": "vector", "constraint": "",
+                        "dims": ["N"]},
+                       {"name": "sigma", "stan_type": "real", "constraint": "lower=0",
+                        "dims": []}]}}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    np.savez_compressed(path / f"{name}.npz", **{"data.N": np.int64(2)})
+    (path / "README.md").write_text("# posteriordb bundle\n")
+
+
+def test_own_reference_is_stored_in_the_bundle_format(tmp_path, monkeypatch):
+    """dev/reference_draws.py: 10 chains x 100 spread over the runs' chains, each thinned
+    evenly; written next to the data, the manifest labelled (and backed up)."""
+    import arviz as az
+
+    script = _dev_script("reference_draws")
+    name = "kidiq-kidscore_momiq"
+    _small_bundle(tmp_path, name)
+    monkeypatch.setenv(pdb.ENV_VAR, str(tmp_path))
+    pdb._manifest.cache_clear()
+    # two runs of 6 chains x 300 draws; each value encodes (run, chain, draw)
+    runs = []
+    for run in range(2):
+        code = run * 10_000 + np.arange(6)[:, None] * 1_000 + np.arange(300)[None, :]
+        runs.append(az.from_dict(posterior={
+            "beta": np.stack([code, -code], -1).astype(float), "sigma": code + 1.0}))
+    arrays = script.stored_draws(runs, ["beta", "sigma"])
+    sigma = arrays["sigma"] - 1.0
+    assert sigma.shape == (10, 100) and arrays["beta"].shape == (10, 100, 2)
+    np.testing.assert_array_equal(arrays["beta"][..., 1], -arrays["beta"][..., 0])
+    chains = sigma[:, 0] // 1_000  # run * 10 + chain
+    np.testing.assert_array_equal(chains, [0, 1, 2, 4, 5, 10, 11, 12, 14, 15])
+    np.testing.assert_array_equal(sigma[0] % 1_000, np.linspace(0, 299, 100).round())
+    with pytest.raises(ValueError, match="samples"):
+        script.stored_draws([runs[0].sel(draw=slice(0, 50))], ["beta", "sigma"])
+
+    assert pdb.posteriordb_reference_source(name) is None
+    script.write_reference(tmp_path, name, arrays, "ours, test")
+    assert (tmp_path / "manifest.orig.json").is_file()
+    assert not json.loads((tmp_path / "manifest.orig.json").read_text())[
+        "posteriors"][name]["has_reference"]
+    assert pdb.posteriordb_has_reference(name)
+    assert pdb.posteriordb_reference_source(name) == "ours, test"
+    np.testing.assert_array_equal(pdb.load_posteriordb_reference(name)["sigma"],
+                                  arrays["sigma"])
+    assert pdb.load_posteriordb_data(name)["N"] == 2  # the data kept
+    script.write_reference(tmp_path, name, arrays, "ours, test")  # again: one README note
+    assert (tmp_path / "README.md").read_text().count("NOT posteriordb's") == 1
+    with pytest.raises(ValueError, match="'sigma' has shape"):
+        script.write_reference(tmp_path, name, {**arrays, "sigma": arrays["sigma"][:5]}, "x")
+    pdb._manifest.cache_clear()
+    pdb._arrays.cache_clear()
 
 
 @needs_bundle

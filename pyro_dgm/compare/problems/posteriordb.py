@@ -11,7 +11,10 @@ Its :class:`~pyro_dgm.compare.settings.Problem` holds:
   ``torch.long``, ``int`` scalars as Python ``int``);
 - posteriordb's reference draws (10 chains x 100, thinned from 10 x 1,000) as an
   ``arviz.InferenceData`` whose posterior group has the Stan parameter names and shapes,
-  dims ``chain``/``draw`` first — the reference every method is scored against.
+  dims ``chain``/``draw`` first — the reference every method is scored against. Where the
+  bundle's draws are our own (``dev/reference_draws.py``; the manifest says so,
+  :func:`~pyro_dgm.data.posteriordb.posteriordb_reference_source`), ``reference_source``
+  is that description, not posteriordb's.
 
 Whether a translation broadcasts over leading particle dimensions, and how many plates it
 nests, is in :data:`MODEL_OPTIONS` (``vectorizable=False`` unless checked:
@@ -39,6 +42,7 @@ from pyro_dgm.data.posteriordb import (
     posteriordb_has_reference,
     posteriordb_names,
     posteriordb_parameters,
+    posteriordb_reference_source,
 )
 
 __all__ = ["MODEL_OPTIONS", "REFERENCE_SOURCE", "posteriordb_problem", "reference_idata"]
@@ -82,7 +86,7 @@ _DESCRIPTIONS = {
 
 
 def reference_idata(name: str):
-    """posteriordb's reference draws of ``name`` as ``arviz.InferenceData`` (posterior
+    """The bundle's reference draws of ``name`` as ``arviz.InferenceData`` (posterior
     group, dims ``chain`` x ``draw`` x the parameter's Stan shape), or ``None`` when the
     bundle holds none."""
     if not posteriordb_has_reference(name):
@@ -91,6 +95,11 @@ def reference_idata(name: str):
 
     draws = load_posteriordb_reference(name)
     return az.from_dict(posterior={k: np.ascontiguousarray(v) for k, v in draws.items()})
+
+
+def _reference_source(name: str) -> str:
+    own = posteriordb_reference_source(name)
+    return f"{name}: {own}" if own else REFERENCE_SOURCE.format(name=name)
 
 
 def posteriordb_problem(name: str, settings: Settings) -> Problem:
@@ -109,7 +118,7 @@ def posteriordb_problem(name: str, settings: Settings) -> Problem:
         var_names=list(posteriordb_parameters(name)),
         description=f"posteriordb {name}: {_DESCRIPTIONS[name]}",
         reference=reference,
-        reference_source=REFERENCE_SOURCE.format(name=name) if reference is not None else "",
+        reference_source=_reference_source(name) if reference is not None else "",
         **MODEL_OPTIONS[name])
 
 
