@@ -15,6 +15,7 @@ import pyro_dgm.compare.methods.starts as starts
 from pyro_dgm.compare.methods.pyro import fit_fullrank
 from pyro_dgm.compare.methods.starts import map_start, shared_map_start
 from pyro_dgm.compare.settings import Problem, Settings
+from pyro_dgm.models.posteriordb.improper import FlatPrior
 
 #: the cliff model's pull towards its edge at x = -3
 PULL = 100.0
@@ -156,3 +157,24 @@ def test_fit_fullrank_falls_back_to_the_prior_median_without_a_map(monkeypatch):
     loc, start = _initial_loc(monkeypatch, problem)
     assert start.startswith("prior median (no MAP start: ValueError")
     assert abs(float(loc[0])) < 1.0  # the median of 15 standard normal draws, not the MAP
+
+
+def test_fit_fullrank_does_not_start_at_a_map_with_a_singular_hessian(monkeypatch):
+    """y ~ N(a + b, 1) with flat priors: every point with a + b = y is a MAP, and the
+    Hessian of -log p there, [[1, 1], [1, 1]], is singular: no centre for a Gaussian."""
+    y = torch.tensor(4.0, dtype=torch.float64)
+    flat = FlatPrior(dist.constraints.real, like=y)
+
+    def model():
+        a = pyro.sample("a", flat)
+        b = pyro.sample("b", flat)
+        pyro.sample("y", dist.Normal(a + b, 1.0), obs=y)
+
+    problem = Problem("ridge", model)
+    pyro.set_rng_seed(0)
+    point = shared_map_start(problem, Settings(progress=False))
+    assert abs(float(point["a"] + point["b"]) - 4.0) < 1e-4  # a MAP was found
+    assert starts.laplace_inverse_mass(problem, point) is None
+    loc, start = _initial_loc(monkeypatch, problem)
+    assert start == "prior median (the MAP's Hessian is not positive definite)"
+    assert not torch.allclose(loc, torch.stack([point["a"], point["b"]]))
