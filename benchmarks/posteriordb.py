@@ -4,9 +4,10 @@ posteriordb's reference draws.
 For each posterior (``posteriordb:<name>`` in :data:`pyro_dgm.compare.registry.MODELS`) one
 call of :func:`pyro_dgm.compare.run_comparison` runs all methods with the comparison's own
 code and sizes, and every method is scored against the posterior's reference draws
-(posteriordb's, 10 chains x 100). ``mcycle_gp-accel_gp`` has no reference draws in the
-bundle: there the reference is this run's ``nuts`` (4 chains x 1,000 after 1,000 warm-up),
-which is then scored against nothing (its row says so).
+(posteriordb's, 10 chains x 100). posteriordb has none for ``mcycle_gp-accel_gp``; a bundle
+filled by ``dev/reference_draws.py`` holds our own there (ChEES-HMC, labelled in the
+manifest and in the record). Without them the reference is this run's ``nuts`` (4 chains x
+1,000 after 1,000 warm-up), which is then scored against nothing (its row says so).
 
 Per posterior x method (``results["posteriors"][name]["methods"][method]``):
 

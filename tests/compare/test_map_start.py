@@ -178,3 +178,14 @@ def test_fit_fullrank_does_not_start_at_a_map_with_a_singular_hessian(monkeypatc
     loc, start = _initial_loc(monkeypatch, problem)
     assert start == "prior median (the MAP's Hessian is not positive definite)"
     assert not torch.allclose(loc, torch.stack([point["a"], point["b"]]))
+
+
+def test_fullrank_start_leaves_the_random_stream_alone():
+    problem = Problem("cliff", cliff)
+    settings = Settings(progress=False)
+    pyro.set_rng_seed(0)
+    shared_map_start(problem, settings)
+    before = torch.rand(())
+    pyro.set_rng_seed(0)
+    pyro_methods.fullrank_start(problem, settings)  # the MAP is cached; the check traces
+    torch.testing.assert_close(torch.rand(()), before)

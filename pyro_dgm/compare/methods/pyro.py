@@ -26,6 +26,7 @@ from pyro.infer.autoguide import (
     init_to_median,
     init_to_value,
 )
+from pyro.util import get_rng_state, set_rng_state
 
 from pyro_dgm.compare._arviz import set_attrs
 from pyro_dgm.compare.export import from_mcmc
@@ -97,8 +98,14 @@ def fullrank_start(problem: Problem, settings: Settings) -> tuple[Callable, str]
     except (NotImplementedError, ValueError) as e:  # e.g. discrete latents: no MAP
         return init_to_median, f"prior median (no MAP start: {type(e).__name__}: {e})"
     dim = sum(v.numel() for v in point.values())  # >= the unconstrained size
-    if dim <= MAX_METRIC_DIM and laplace_inverse_mass(problem, point) is None:
-        return init_to_median, "prior median (the MAP's Hessian is not positive definite)"
+    if dim <= MAX_METRIC_DIM:
+        state = get_rng_state()  # the check traces the model: leave the draws alone
+        try:
+            proper = laplace_inverse_mass(problem, point) is not None
+        finally:
+            set_rng_state(state)
+        if not proper:
+            return init_to_median, "prior median (the MAP's Hessian is not positive definite)"
     return init_to_value(values=point, fallback=init_to_median), "MAP"
 
 
