@@ -205,6 +205,11 @@ def posteriordb_reference_source(name: str) -> str | None:
     own sampler runs), or ``None`` when the draws are posteriordb's own (or there are none).
 
     :raises ValueError: naming ``name`` when it is not one of the eight.
+
+    Example::
+
+        >>> posteriordb_reference_source("kidiq-kidscore_momiq") is None  # posteriordb's
+        True
     """
     entry = _entry(name)[1]
     return entry.get("reference_source") if entry["has_reference"] else None
